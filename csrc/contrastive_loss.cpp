@@ -1,0 +1,137 @@
+// Device-agnostic glue of the fused contrastive loss: checks, default positions, the positive terms and
+// per-row/column weights (O(N + M) vector work), around the device kernels that stream the tiles.
+#include <torch/library.h>
+
+#include <limits>
+
+#include "checks.h"
+#include "dispatch.h"
+
+namespace dcd {
+namespace {
+
+using OptTensor = c10::optional<at::Tensor>;
+
+ContrastiveInputs prepare(const at::Tensor& img, const at::Tensor& txt, const at::Tensor& scale,
+                          const OptTensor& pos_row, const OptTensor& pos_col, const OptTensor& img_ids,
+                          const OptTensor& txt_ids, const OptTensor& row_weight, const OptTensor& col_weight) {
+  check_matrix(img, "img");
+  check_matrix(txt, "txt");
+  check_same_device(img, txt, "txt");
+  const int64_t n = img.size(0), m = txt.size(0);
+  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), "img and txt must have the same width, got ", img.size(1), " and ",
+                    txt.size(1));
+  TORCH_CHECK_VALUE(n > 0 && m > 0, "img and txt must be non-empty");
+  check_scale(scale, img);
+  TORCH_CHECK_VALUE(img_ids.has_value() == txt_ids.has_value(), "img_ids and txt_ids must be given together");
+  ContrastiveInputs in;
+  in.img = img.detach().contiguous();  // detached: worker threads run with grad mode on
+  in.txt = txt.detach().contiguous();
+  in.logit_scale = scale.detach();
+  auto idx_opts = img.options().dtype(at::kLong);
+  if (pos_row.has_value()) {
+    check_index_vector(*pos_row, n, -1, m, img, "pos_row");
+    in.pos_row = pos_row->contiguous();
+  } else {
+    TORCH_CHECK_VALUE(n == m, "pos_row is required when img and txt have different lengths (", n, " vs ", m, ")");
+    in.pos_row = at::arange(n, idx_opts);
+  }
+  if (pos_col.has_value()) {
+    check_index_vector(*pos_col, m, -1, n, img, "pos_col");
+    in.pos_col = pos_col->contiguous();
+  } else {
+    TORCH_CHECK_VALUE(n == m, "pos_col is required when img and txt have different lengths (", n, " vs ", m, ")");
+    in.pos_col = at::arange(m, idx_opts);
+  }
+  if (img_ids.has_value()) {
+    check_ids(*img_ids, n, img, "img_ids");
+    check_ids(*txt_ids, m, img, "txt_ids");
+    in.img_ids = img_ids->contiguous();
+    in.txt_ids = txt_ids->contiguous();
+  }
+  if (row_weight.has_value()) {
+    TORCH_CHECK_VALUE(row_weight->dim() == 1 && row_weight->size(0) == n, "row_weight must have shape [", n, "]");
+    check_same_device(img, *row_weight, "row_weight");
+  }
+  if (col_weight.has_value()) {
+    TORCH_CHECK_VALUE(col_weight->dim() == 1 && col_weight->size(0) == m, "col_weight must have shape [", m, "]");
+    check_same_device(img, *col_weight, "col_weight");
+  }
+  return in;
+}
+
+// Normalised weights a_i / sum(a) over the entries that have a term (0 elsewhere, all 0 if the sum is 0).
+at::Tensor term_weights(const at::Tensor& pos, const OptTensor& weight, at::ScalarType acc) {
+  auto has = pos.ge(0).to(acc);
+  auto w = weight.has_value() ? weight->to(acc) * has : has;
+  auto total = w.sum();
+  return at::where(total.ne(0), w / total, at::zeros_like(w));
+}
+
+// <img_i, txt_pos[i]> for every row (rows without a positive read row 0; their weight is 0).
+at::Tensor positive_dots(const at::Tensor& a, const at::Tensor& b, const at::Tensor& pos, at::ScalarType acc) {
+  return (a.to(acc) * b.index_select(0, pos.clamp_min(0)).to(acc)).sum(1);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss(
+    const at::Tensor& img, const at::Tensor& txt, const at::Tensor& scale, const OptTensor& pos_row,
+    const OptTensor& pos_col, const OptTensor& img_ids, const OptTensor& txt_ids, const OptTensor& row_weight,
+    const OptTensor& col_weight) {
+  at::NoGradGuard no_grad;  // kernels run below autograd; their inner ATen calls must not record
+  auto in = prepare(img, txt, scale, pos_row, pos_col, img_ids, txt_ids, row_weight, col_weight);
+  const auto acc = acc_dtype(img, txt);
+  auto lse = kernels_for(img).contrastive_lse(in);
+  auto row_lse = std::get<0>(lse), col_lse = std::get<1>(lse);
+  auto s = scale.to(acc).reshape({});
+  auto wr = term_weights(in.pos_row, row_weight, acc), wc = term_weights(in.pos_col, col_weight, acc);
+  auto row_terms = row_lse - s * positive_dots(in.img, in.txt, in.pos_row, acc);
+  auto col_terms = col_lse - s * positive_dots(in.txt, in.img, in.pos_col, acc);
+  auto row_part = at::where(wr.ne(0), wr * row_terms, at::zeros_like(wr)).sum();
+  auto col_part = at::where(wc.ne(0), wc * col_terms, at::zeros_like(wc)).sum();
+  return {(row_part + col_part) * 0.5, row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_backward(
+    const at::Tensor& grad, const at::Tensor& img, const at::Tensor& txt, const at::Tensor& scale,
+    const OptTensor& pos_row, const OptTensor& pos_col, const OptTensor& img_ids, const OptTensor& txt_ids,
+    const OptTensor& row_weight, const OptTensor& col_weight, const at::Tensor& row_lse, const at::Tensor& col_lse) {
+  at::NoGradGuard no_grad;  // kernels run below autograd; their inner ATen calls must not record
+  auto in = prepare(img, txt, scale, pos_row, pos_col, img_ids, txt_ids, row_weight, col_weight);
+  const auto acc = acc_dtype(img, txt);
+  auto g = grad.to(acc).reshape({}) * 0.5;
+  auto g_row = (g * term_weights(in.pos_row, row_weight, acc)).contiguous();
+  auto g_col = (g * term_weights(in.pos_col, col_weight, acc)).contiguous();
+  const double inf = std::numeric_limits<double>::infinity();
+  auto lse_row = at::where(g_row.ne(0), row_lse.to(acc), at::full_like(g_row, inf)).contiguous();
+  auto lse_col = at::where(g_col.ne(0), col_lse.to(acc), at::full_like(g_col, inf)).contiguous();
+  auto grads = kernels_for(img).contrastive_lse_grad(in, g_row, lse_row, g_col, lse_col);
+  auto d_img = std::get<0>(grads), d_txt = std::get<1>(grads), d_scale = std::get<2>(grads);
+
+  // minus the positive terms: d(-g_row[i] * s_{i, pos_row[i]}) and d(-g_col[j] * s_{pos_col[j], j})
+  auto s = scale.to(acc).reshape({});
+  auto u = in.img.to(acc), v = in.txt.to(acc);
+  auto pr = in.pos_row.clamp_min(0), pc = in.pos_col.clamp_min(0);
+  d_img.sub_(v.index_select(0, pr) * (s * g_row).unsqueeze(1));
+  d_txt.index_add_(0, pr, u * (-s * g_row).unsqueeze(1));
+  d_txt.sub_(u.index_select(0, pc) * (s * g_col).unsqueeze(1));
+  d_img.index_add_(0, pc, v * (-s * g_col).unsqueeze(1));
+  d_scale = d_scale - (g_row * positive_dots(u, v, in.pos_row, acc)).sum() -
+            (g_col * positive_dots(v, u, in.pos_col, acc)).sum();
+  return {d_img.to(img.scalar_type()), d_txt.to(txt.scalar_type()),
+          d_scale.to(scale.scalar_type()).reshape(scale.sizes())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcd_ext, CPU, m) {
+  m.impl("contrastive_loss", &contrastive_loss);
+  m.impl("contrastive_loss_backward", &contrastive_loss_backward);
+}
+#ifdef DCD_WITH_CUDA
+TORCH_LIBRARY_IMPL(dcd_ext, CUDA, m) {
+  m.impl("contrastive_loss", &contrastive_loss);
+  m.impl("contrastive_loss_backward", &contrastive_loss_backward);
+}
+#endif
+
+}  // namespace dcd

@@ -1,0 +1,135 @@
+// CPU kernels of the fused contrastive loss: a forward that keeps only the row and column
+// log-sum-exps, and a backward that recomputes each tile once and produces both directions' gradients.
+// Parallel over row blocks; column statistics and text gradients are accumulated per thread and
+// reduced at the end (O(threads * M) and O(threads * M * D) extra memory, never O(N * M)).
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "cpu/contrastive_tile.h"
+#include "kernels.h"
+
+namespace dcd {
+namespace cpu {
+
+namespace {
+constexpr int64_t kRowTile = 256;
+constexpr int64_t kColTile = 512;
+
+PairMask make_mask(const ContrastiveInputs& in) {
+  PairMask mask;
+  mask.img_ids = in.img_ids.defined() ? in.img_ids.data_ptr<int64_t>() : nullptr;
+  mask.txt_ids = in.txt_ids.defined() ? in.txt_ids.data_ptr<int64_t>() : nullptr;
+  mask.pos_row = in.pos_row.data_ptr<int64_t>();
+  mask.pos_col = in.pos_col.data_ptr<int64_t>();
+  return mask;
+}
+
+// Calls fn(tid, r0, rows, ub, c0, cols, tile) for every (row block, column tile), tile = ub @ vt^T in
+// the accumulation dtype, parallel over row blocks. before_block/after_block bracket each row block.
+template <typename acc_t, typename BlockBegin, typename TileFn, typename BlockEnd>
+void for_each_tile(const at::Tensor& img, const at::Tensor& txt, BlockBegin before_block, TileFn on_tile,
+                   BlockEnd after_block) {
+  const int64_t n = img.size(0), m = txt.size(0);
+  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+  const int64_t block = row_block_size(n, at::get_num_threads(), kRowTile);
+  const int64_t nblocks = (n + block - 1) / block;
+  const int64_t col_tile = std::min(kColTile, m);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    const int tid = at::get_thread_num();
+    auto tile_buf = at::empty({block * col_tile}, img.options().dtype(acc));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * block, rows = std::min(block, n - r0);
+      auto ub = img.narrow(0, r0, rows).to(acc);
+      before_block(tid, r0, rows);
+      for (int64_t c0 = 0; c0 < m; c0 += col_tile) {
+        const int64_t cols = std::min(col_tile, m - c0);
+        auto vt = txt.narrow(0, c0, cols).to(acc);
+        auto tile = tile_buf.narrow(0, 0, rows * cols).view({rows, cols});
+        at::mm_out(tile, ub, vt.t());
+        on_tile(tid, TileGeometry{r0, rows, c0, cols, cols}, ub, vt, tile);
+      }
+      after_block(tid, r0, rows);
+    }
+  });
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> lse_impl(const ContrastiveInputs& in) {
+  const int64_t n = in.img.size(0), m = in.txt.size(0);
+  const int threads = at::get_num_threads();
+  const acc_t scale = static_cast<acc_t>(in.logit_scale.item<double>());
+  const PairMask mask = make_mask(in);
+  const acc_t ninf = neg_infinity<acc_t>();
+  std::vector<acc_t> col_max(static_cast<size_t>(threads) * m, ninf), col_sum(static_cast<size_t>(threads) * m, 0);
+  std::vector<std::vector<OnlineLSE<acc_t>>> row_stats(threads);
+  std::vector<std::vector<acc_t>> tile_col_max(threads, std::vector<acc_t>(std::min(kColTile, m)));
+  auto opts = in.img.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  auto row_lse = at::empty({n}, opts), col_lse = at::empty({m}, opts);
+  acc_t* row_out = row_lse.template data_ptr<acc_t>();
+
+  for_each_tile<acc_t>(
+      in.img, in.txt,
+      [&](int tid, int64_t, int64_t rows) { row_stats[tid].assign(rows, OnlineLSE<acc_t>::empty()); },
+      [&](int tid, const TileGeometry& g, const at::Tensor&, const at::Tensor&, const at::Tensor& tile) {
+        contrastive_tile_stats(tile.data_ptr<acc_t>(), g, scale, mask, row_stats[tid].data(),
+                               col_max.data() + tid * m + g.c0, col_sum.data() + tid * m + g.c0,
+                               tile_col_max[tid].data());
+      },
+      [&](int tid, int64_t r0, int64_t rows) {
+        for (int64_t r = 0; r < rows; ++r) row_out[r0 + r] = row_stats[tid][r].value();
+      });
+
+  acc_t* col_out = col_lse.template data_ptr<acc_t>();
+  for (int64_t j = 0; j < m; ++j) {
+    OnlineLSE<acc_t> s = OnlineLSE<acc_t>::empty();
+    for (int t = 0; t < threads; ++t) s.merge(col_max[t * m + j], col_sum[t * m + j]);
+    col_out[j] = s.value();
+  }
+  return {row_lse, col_lse};
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_grad_impl(const ContrastiveInputs& in, const at::Tensor& g_row,
+                                                              const at::Tensor& lse_row, const at::Tensor& g_col,
+                                                              const at::Tensor& lse_col) {
+  const int64_t m = in.txt.size(0), d = in.img.size(1);
+  const int threads = at::get_num_threads();
+  const acc_t scale = static_cast<acc_t>(in.logit_scale.item<double>());
+  const PairMask mask = make_mask(in);
+  auto opts = in.img.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  auto d_img = at::zeros({in.img.size(0), d}, opts);
+  auto d_txt_parts = at::zeros({threads, m, d}, opts);
+  std::vector<acc_t> d_scale(threads, 0);
+  const acc_t *gr = g_row.data_ptr<acc_t>(), *lr = lse_row.data_ptr<acc_t>();
+  const acc_t *gc = g_col.data_ptr<acc_t>(), *lc = lse_col.data_ptr<acc_t>();
+
+  for_each_tile<acc_t>(
+      in.img, in.txt, [](int, int64_t, int64_t) {},
+      [&](int tid, const TileGeometry& g, const at::Tensor& ub, const at::Tensor& vt, const at::Tensor& tile) {
+        d_scale[tid] += contrastive_tile_grad(tile.data_ptr<acc_t>(), g, scale, mask, gr, lr, gc, lc);
+        d_img.narrow(0, g.r0, g.rows).addmm_(tile, vt, 1, scale);
+        d_txt_parts[tid].narrow(0, g.c0, g.cols).addmm_(tile.t(), ub, 1, scale);
+      },
+      [](int, int64_t, int64_t) {});
+
+  acc_t total = 0;
+  for (acc_t v : d_scale) total += v;
+  return {d_img, d_txt_parts.sum(0), at::scalar_tensor(total, opts)};
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) {
+  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_impl<double>(in);
+  return lse_impl<float>(in);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const ContrastiveInputs& in, const at::Tensor& g_row,
+                                                                    const at::Tensor& lse_row, const at::Tensor& g_col,
+                                                                    const at::Tensor& lse_col) {
+  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_grad_impl<double>(in, g_row, lse_row, g_col, lse_col);
+  return lse_grad_impl<float>(in, g_row, lse_row, g_col, lse_col);
+}
+
+}  // namespace cpu
+}  // namespace dcd

@@ -1,0 +1,33 @@
+// CPU streaming top-k over a tile of scores (rows r0.., cols c0.., leading dimension ld). Each row's
+// running list lives in the output arrays (k values, k indices per row). Columns are scanned in
+// increasing order, so ties keep the smaller index. Torch-free.
+#pragma once
+
+#include "dcd/macros.h"
+#include "dcd/topk.h"
+
+namespace dcd {
+namespace cpu {
+
+template <typename acc_t>
+void topk_tile_update(const acc_t* scores, index_t r0, index_t rows, index_t c0, index_t cols, index_t ld,
+                      const index_t* query_ids, const index_t* key_ids, int k, float* values, index_t* indices) {
+  if (k <= 0) return;
+  for (index_t r = 0; r < rows; ++r) {
+    const acc_t* sr = scores + r * ld;
+    float* vals = values + (r0 + r) * k;
+    index_t* idx = indices + (r0 + r) * k;
+    float threshold = vals[k - 1];
+    const index_t qid = query_ids ? query_ids[r0 + r] : 0;
+    for (index_t j = 0; j < cols; ++j) {
+      const float v = static_cast<float>(sr[j]);
+      if (!(v > threshold)) continue;  // rejects almost every element once the list is warm
+      if (key_ids && key_ids[c0 + j] == qid) continue;
+      topk_insert(vals, idx, k, v, c0 + j);
+      threshold = vals[k - 1];
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace dcd

@@ -1,0 +1,107 @@
+// Per-anchor math of the candidate (distillation) terms of DESIGN section 2 (the batch-level dynamic
+// weights are a handful of vector ops over these stats, done in the operator glue). Inputs for one anchor: teacher logits t[K1], student logits z[K1] and a validity
+// mask (slot 0, the positive, is always valid). Torch-free.
+#pragma once
+
+#include "dcd/macros.h"
+#include "dcd/math.h"
+
+namespace dcd {
+
+enum class DistillKind : int { kKL = 0, kMSE = 1 };
+
+template <typename acc_t>
+struct CandidateRowStats {
+  acc_t dist;       // d_i
+  acc_t hard;       // h_i = LSE_m z_m - z_0 (also the student's CE, CEs_i)
+  acc_t entropy;    // H_i of softmax(t) at T = 1
+  acc_t ce_teacher; // CEt_i = LSE_m t_m - t_0
+};
+
+// max and log-sum-exp of scale * x over the valid slots
+template <typename acc_t>
+DCD_HOST_DEVICE acc_t masked_lse(const acc_t* x, const bool* valid, int k1, acc_t scale) {
+  acc_t mx = neg_infinity<acc_t>();
+  for (int m = 0; m < k1; ++m)
+    if (valid[m]) mx = max_of(mx, scale * x[m]);
+  acc_t s = 0;
+  for (int m = 0; m < k1; ++m)
+    if (valid[m]) s += exp_of(scale * x[m] - mx);
+  return mx + log_of(s);
+}
+
+template <typename acc_t>
+DCD_HOST_DEVICE CandidateRowStats<acc_t> candidate_row_stats(const acc_t* t, const acc_t* z, const bool* valid,
+                                                             int k1, acc_t temperature, DistillKind kind) {
+  CandidateRowStats<acc_t> r;
+  const acc_t inv_tau = acc_t(1) / temperature;
+  const acc_t lse_t1 = masked_lse(t, valid, k1, acc_t(1));
+  const acc_t lse_z1 = masked_lse(z, valid, k1, acc_t(1));
+  r.hard = lse_z1 - z[0];
+  r.ce_teacher = lse_t1 - t[0];
+  acc_t ent = 0;
+  for (int m = 0; m < k1; ++m) {
+    if (!valid[m]) continue;
+    acc_t logp1 = t[m] - lse_t1;
+    ent -= exp_of(logp1) * logp1;
+  }
+  r.entropy = ent;
+  acc_t d = 0;
+  if (kind == DistillKind::kKL) {
+    const acc_t lse_t = masked_lse(t, valid, k1, inv_tau);
+    const acc_t lse_z = masked_lse(z, valid, k1, inv_tau);
+    for (int m = 0; m < k1; ++m) {
+      if (!valid[m]) continue;
+      acc_t logp = t[m] * inv_tau - lse_t;
+      acc_t logq = z[m] * inv_tau - lse_z;
+      d += exp_of(logp) * (logp - logq);
+    }
+    d *= temperature * temperature;
+  } else {
+    int count = 0;
+    for (int m = 0; m < k1; ++m) {
+      if (!valid[m]) continue;
+      acc_t diff = t[m] - z[m];
+      d += diff * diff;
+      ++count;
+    }
+    d /= acc_t(count);
+  }
+  r.dist = d;
+  return r;
+}
+
+// dz[m] = coef_dist * d(d_i)/dz_m + coef_hard * d(h_i)/dz_m (0 for invalid slots).
+template <typename acc_t>
+DCD_HOST_DEVICE void candidate_row_grad(const acc_t* t, const acc_t* z, const bool* valid, int k1,
+                                        acc_t temperature, DistillKind kind, acc_t coef_dist,
+                                        acc_t coef_hard, acc_t* dz) {
+  const acc_t inv_tau = acc_t(1) / temperature;
+  const acc_t lse_z1 = masked_lse(z, valid, k1, acc_t(1));
+  acc_t lse_t = 0, lse_z = 0;
+  int count = 0;
+  if (kind == DistillKind::kKL) {
+    lse_t = masked_lse(t, valid, k1, inv_tau);
+    lse_z = masked_lse(z, valid, k1, inv_tau);
+  } else {
+    for (int m = 0; m < k1; ++m) count += valid[m] ? 1 : 0;
+  }
+  for (int m = 0; m < k1; ++m) {
+    if (!valid[m]) {
+      dz[m] = 0;
+      continue;
+    }
+    acc_t g_dist;
+    if (kind == DistillKind::kKL) {
+      acc_t p = exp_of(t[m] * inv_tau - lse_t);
+      acc_t q = exp_of(z[m] * inv_tau - lse_z);
+      g_dist = temperature * (q - p);
+    } else {
+      g_dist = acc_t(-2) * (t[m] - z[m]) / acc_t(count);
+    }
+    acc_t g_hard = exp_of(z[m] - lse_z1) - (m == 0 ? acc_t(1) : acc_t(0));
+    dz[m] = coef_dist * g_dist + coef_hard * g_hard;
+  }
+}
+
+}  // namespace dcd

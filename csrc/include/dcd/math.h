@@ -1,0 +1,61 @@
+// Scalar math with one definition on host and device. Torch-free.
+#pragma once
+
+#include <cmath>
+
+#include "dcd/macros.h"
+
+namespace dcd {
+
+DCD_HOST_DEVICE float exp_of(float x) {
+#if defined(__CUDA_ARCH__)
+  return __expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+DCD_HOST_DEVICE double exp_of(double x) {
+  return exp(x);
+}
+DCD_HOST_DEVICE float log_of(float x) {
+#if defined(__CUDA_ARCH__)
+  return __logf(x);
+#else
+  return std::log(x);
+#endif
+}
+DCD_HOST_DEVICE double log_of(double x) {
+  return log(x);
+}
+
+// exp(x) for x <= 0 in float, branch-free so compilers vectorise loops over it; relative error below
+// 2e-7 on [-87, 0] and exactly 0 below -87 (so exp(-inf) == 0).
+DCD_HOST_DEVICE float exp_nonpositive(float x) {
+  const float lo = -87.0f;
+  const bool underflow = !(x >= lo);  // also catches NaN and -inf
+  float xc = underflow ? lo : x;
+  // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187045e-06f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int ni = static_cast<int>(n) + 127;
+  union {
+    int i;
+    float f;
+  } scale;
+  scale.i = ni << 23;
+  float y = p * scale.f;
+  return underflow ? 0.0f : y;
+}
+DCD_HOST_DEVICE double exp_nonpositive(double x) {
+  return x > -static_cast<double>(INFINITY) ? exp(x) : 0.0;  // 0 for -inf and NaN, as above
+}
+
+}  // namespace dcd
