@@ -1,0 +1,169 @@
+// Torch glue of the CUDA kernels: tensors to raw pointers on the current device and stream, launch
+// status checks. The kernels themselves (.cu files) include no torch headers.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <limits>
+
+#include "cuda/launchers.h"
+#include "kernels.h"
+
+namespace dcd {
+namespace cuda {
+
+namespace ck = cuda_kernels;
+
+namespace {
+
+ck::DType kernel_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return ck::DType::kFloat32;
+    case at::kHalf: return ck::DType::kFloat16;
+    case at::kBFloat16: return ck::DType::kBFloat16;
+    case at::kDouble: return ck::DType::kFloat64;
+    default: TORCH_CHECK_TYPE(false, "dcd_ext CUDA kernels take float32/16, bfloat16 or float64, got ", t.scalar_type());
+  }
+  return ck::DType::kFloat32;
+}
+
+ck::Matrix matrix(const at::Tensor& t) {
+  return ck::Matrix{t.data_ptr(), t.size(0), t.size(1), kernel_dtype(t)};
+}
+
+void check_launch(cudaError_t status, const char* what) {
+  TORCH_CHECK(status == cudaSuccess, "dcd_ext CUDA kernel ", what, " failed: ", cudaGetErrorString(status));
+}
+
+// Both operands in one storage dtype (the kernels read a and b alike).
+std::pair<at::Tensor, at::Tensor> common_dtype(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == b.scalar_type()) return {a, b};
+  const auto t = at::promote_types(a.scalar_type(), b.scalar_type());
+  return {a.to(t).contiguous(), b.to(t).contiguous()};
+}
+
+const int64_t* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<int64_t>() : nullptr;
+}
+
+at::Tensor scale_tensor(const at::Tensor& scale, at::ScalarType acc) {
+  return scale.to(acc).reshape({1}).contiguous();
+}
+
+void check_candidates(int64_t k1) {
+  TORCH_CHECK_VALUE(k1 <= ck::kMaxCandidates, "the CUDA distillation kernels take at most ", ck::kMaxCandidates,
+                    " candidates per anchor (K + 1), got ", k1);
+}
+
+ck::DistillArgs distill_args(const at::Tensor& x, const at::Tensor& y, const DistillInputs& in,
+                             const at::Tensor& teacher, const at::Tensor& scale) {
+  return ck::DistillArgs{matrix(x), matrix(y), in.cand.data_ptr<int64_t>(), teacher.data_ptr(), in.cand.size(1),
+                         scale.data_ptr(), in.temperature, in.kind};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, const at::Tensor& keys, int64_t k,
+                                                   const at::Tensor& query_ids, const at::Tensor& key_ids) {
+  c10::cuda::CUDAGuard guard(query.device());
+  const int64_t n = query.size(0);
+  auto values = at::full({n, k}, -std::numeric_limits<float>::infinity(), query.options().dtype(at::kFloat));
+  auto indices = at::full({n, k}, -1, query.options().dtype(at::kLong));
+  auto [q, kk] = common_dtype(query, keys);
+  check_launch(ck::similarity_topk(matrix(q), matrix(kk), k, ptr_or_null(query_ids), ptr_or_null(key_ids),
+                                   values.data_ptr<float>(), indices.data_ptr<int64_t>(),
+                                   c10::cuda::getCurrentCUDAStream()),
+               "similarity_topk");
+  return {values, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) {
+  c10::cuda::CUDAGuard guard(in.img.device());
+  const auto acc = acc_dtype(in.img, in.txt);
+  auto [u, v] = common_dtype(in.img, in.txt);
+  auto scale = scale_tensor(in.logit_scale, acc);
+  auto row_lse = at::empty({u.size(0)}, u.options().dtype(acc));
+  auto col_lse = at::empty({v.size(0)}, u.options().dtype(acc));
+  const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
+  const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(ck::contrastive_row_lse(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
+                                       row_lse.data_ptr(), stream),
+               "contrastive_loss (rows)");
+  check_launch(ck::contrastive_row_lse(matrix(v), matrix(u), scale.data_ptr(), ck::MaskArgs{ti, ii, pc, pr},
+                                       col_lse.data_ptr(), stream),
+               "contrastive_loss (columns)");
+  return {row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const ContrastiveInputs& in, const at::Tensor& g_row,
+                                                                    const at::Tensor& lse_row, const at::Tensor& g_col,
+                                                                    const at::Tensor& lse_col) {
+  c10::cuda::CUDAGuard guard(in.img.device());
+  const auto acc = acc_dtype(in.img, in.txt);
+  auto [u, v] = common_dtype(in.img, in.txt);
+  auto scale = scale_tensor(in.logit_scale, acc);
+  auto opts = u.options().dtype(acc);
+  auto d_img = at::zeros({u.size(0), u.size(1)}, opts), d_txt = at::zeros({v.size(0), v.size(1)}, opts);
+  const int64_t blocks = (u.size(0) + ck::kContrastiveRowsPerBlock - 1) / ck::kContrastiveRowsPerBlock;
+  auto d_scale_parts = at::empty({blocks}, opts);
+  const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
+  const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(ck::contrastive_row_grad(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
+                                        g_row.data_ptr(), lse_row.data_ptr(), g_col.data_ptr(), lse_col.data_ptr(),
+                                        d_img.data_ptr(), d_scale_parts.data_ptr(), stream),
+               "contrastive_loss backward (rows)");
+  check_launch(ck::contrastive_row_grad(matrix(v), matrix(u), scale.data_ptr(), ck::MaskArgs{ti, ii, pc, pr},
+                                        g_col.data_ptr(), lse_col.data_ptr(), g_row.data_ptr(), lse_row.data_ptr(),
+                                        d_txt.data_ptr(), nullptr, stream),
+               "contrastive_loss backward (columns)");
+  return {d_img, d_txt, d_scale_parts.sum()};
+}
+
+at::Tensor distill_stats(const DistillInputs& in) {
+  c10::cuda::CUDAGuard guard(in.anchors.device());
+  check_candidates(in.cand.size(1));
+  const auto acc = acc_dtype(in.anchors, in.pool);
+  auto [x, y] = common_dtype(in.anchors, in.pool);
+  auto teacher = in.teacher.to(acc).contiguous();
+  auto scale = scale_tensor(in.logit_scale, acc);
+  auto stats = at::empty({x.size(0), 4}, x.options().dtype(acc));
+  check_launch(ck::distill_stats(distill_args(x, y, in, teacher, scale), stats.data_ptr(),
+                                 c10::cuda::getCurrentCUDAStream()),
+               "distill_loss");
+  return stats;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs& in, const at::Tensor& coef_dist,
+                                                            const at::Tensor& coef_hard) {
+  c10::cuda::CUDAGuard guard(in.anchors.device());
+  check_candidates(in.cand.size(1));
+  const auto acc = acc_dtype(in.anchors, in.pool);
+  auto [x, y] = common_dtype(in.anchors, in.pool);
+  auto teacher = in.teacher.to(acc).contiguous();
+  auto scale = scale_tensor(in.logit_scale, acc);
+  auto opts = x.options().dtype(acc);
+  const int64_t n = x.size(0), k1 = in.cand.size(1);
+  auto dz = at::empty({n, k1}, opts), d_anchor = at::empty({n, x.size(1)}, opts), d_scale_rows = at::empty({n}, opts);
+  auto args = distill_args(x, y, in, teacher, scale);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(ck::distill_grad(args, coef_dist.data_ptr(), coef_hard.data_ptr(), dz.data_ptr(), d_anchor.data_ptr(),
+                                d_scale_rows.data_ptr(), stream),
+               "distill_loss backward");
+  // pool gradient: candidates grouped by pool index (stable sort) and summed per group in order
+  auto sorted = at::sort(in.cand.reshape({-1}), /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto sorted_cand = std::get<0>(sorted).contiguous(), order = std::get<1>(sorted).contiguous();
+  const int64_t total = sorted_cand.size(0);
+  auto boundaries = at::nonzero(sorted_cand.slice(0, 1).ne(sorted_cand.slice(0, 0, total - 1))).reshape({-1}) + 1;
+  auto seg_starts = at::cat({at::zeros({1}, boundaries.options()), boundaries,
+                             at::full({1}, total, boundaries.options())})
+                        .contiguous();
+  auto d_pool = at::zeros({y.size(0), y.size(1)}, opts);
+  check_launch(ck::distill_pool_grad(args, dz.data_ptr(), order.data_ptr<int64_t>(), sorted_cand.data_ptr<int64_t>(),
+                                     seg_starts.data_ptr<int64_t>(), seg_starts.size(0) - 1, d_pool.data_ptr(), stream),
+               "distill_loss backward (pool)");
+  return {d_anchor, d_pool, d_scale_rows.sum()};
+}
+
+}  // namespace cuda
+}  // namespace dcd

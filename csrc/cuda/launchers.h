@@ -1,0 +1,75 @@
+// Torch-free entry points of the CUDA kernels (implemented in the .cu files, called from
+// kernels_cuda.cpp). Matrices are contiguous row-major; every function returns the launch status.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dcd {
+namespace cuda_kernels {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+struct Matrix {
+  const void* data;
+  int64_t rows, cols;
+  DType dtype;
+};
+
+// Id masking and positives of a (rows a, columns b) score matrix; ids may be null (no masking).
+struct MaskArgs {
+  const int64_t* a_ids;
+  const int64_t* b_ids;
+  const int64_t* pos_a;  // [rows]: column of row i's positive or -1
+  const int64_t* pos_b;  // [cols]: row of column j's positive or -1
+};
+
+// Largest K + 1 of the distillation kernels (per-warp candidate arrays live in shared memory).
+constexpr int64_t kMaxCandidates = 256;
+
+cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
+                            float* values, int64_t* indices, cudaStream_t stream);
+
+// lse[i] = log sum_{j allowed in row i} exp(scale * <a_i, b_j>); acc = float, or double for float64 input.
+cudaError_t contrastive_row_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* lse,
+                                cudaStream_t stream);
+
+// Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
+constexpr int64_t kContrastiveRowsPerBlock = 32;
+
+// d_a[i] = scale * sum_j ds_ij b_j with ds_ij = g_a[i] exp(s_ij - lse_a[i]) [row rule]
+//                                       + g_b[j] exp(s_ij - lse_b[j]) [column rule];
+// d_a must hold zeros (it is accumulated into). When d_scale_parts is non-null,
+// d_scale_parts[block] = sum over the block's rows of ds_ij <a_i, b_j>.
+cudaError_t contrastive_row_grad(Matrix a, Matrix b, const void* scale, MaskArgs mask, const void* g_a,
+                                 const void* lse_a, const void* g_b, const void* lse_b, void* d_a,
+                                 void* d_scale_parts, cudaStream_t stream);
+
+struct DistillArgs {
+  Matrix anchors, pool;
+  const int64_t* cand;  // [N, K1]
+  const void* teacher;  // [N, K1], acc dtype
+  int64_t k1;
+  const void* scale;    // acc dtype scalar
+  double temperature;
+  int kind;             // dcd::DistillKind
+};
+
+// stats [N, 4] (acc dtype): dist, hard, teacher entropy, teacher CE per anchor.
+cudaError_t distill_stats(DistillArgs args, void* stats, cudaStream_t stream);
+
+// dz [N, K1] = coef_dist[i] d(d_i)/dz + coef_hard[i] d(h_i)/dz; d_anchor [N, D] and per-anchor
+// d_scale_rows [N] (acc dtype). The pool gradient is a deterministic segmented sum (see
+// distill_pool_grad).
+cudaError_t distill_grad(DistillArgs args, const void* coef_dist, const void* coef_hard, void* dz, void* d_anchor,
+                         void* d_scale_rows, cudaStream_t stream);
+
+// d_pool[p] = scale * sum over (i, m) with cand[i, m] == p of dz[i, m] * anchors[i], summed in the
+// order of `order` (a stable sort of cand's flat indices by value); seg_starts[s] is where segment s
+// of equal values begins in that order (num_segments entries, plus the total count at the end).
+cudaError_t distill_pool_grad(DistillArgs args, const void* dz, const int64_t* order, const int64_t* sorted_cand,
+                              const int64_t* seg_starts, int64_t num_segments, void* d_pool, cudaStream_t stream);
+
+}  // namespace cuda_kernels
+}  // namespace dcd
