@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, c10:
   const auto n = static_cast<double>(stats.size(0));
   auto hard = stats.select(1, 1), entropy = stats.select(1, 2), ce_teacher = stats.select(1, 3);
   auto ones = at::ones_like(entropy);
-  if (weighting == "none") return {ones, ones};
+  if (weighting == "none") return {ones, ones.clone()};  // two outputs must not alias
   auto sum_h = entropy.sum();
   auto e = at::where(sum_h.gt(0), entropy * (n / sum_h), ones);
   auto frac = at::where(sum_h.gt(0), entropy / sum_h, at::zeros_like(entropy));

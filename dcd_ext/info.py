@@ -1,0 +1,70 @@
+"""``python -m dcd_ext.info``: what this installation of dcd_ext is and what it was built with."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import import_module
+from typing import Optional
+
+import torch
+
+import dcd_ext
+from dcd_ext._loader import build_info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect() -> dict:
+    info = {
+        "dcd_ext": dcd_ext.__version__,
+        "location": dcd_ext.__path__[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+    }
+    try:
+        built = build_info()
+        info.update(built_against_torch=built.TORCH_VERSION, cuda_kernels=built.WITH_CUDA,
+                    cuda_archs=built.CUDA_ARCHS or None, built_cuda_version=built.CUDA_VERSION)
+    except ImportError as exc:
+        info.update(built_against_torch=None, cuda_kernels=False, error=str(exc))
+    try:
+        import_module("dcd_ext.ops")
+        info["ops_loaded"] = True
+    except ImportError as exc:
+        info.update(ops_loaded=False, error=str(exc))
+    # Asking for the device count is cheap and does not create a CUDA context.
+    info["cuda_devices"] = torch.cuda.device_count() if torch.version.cuda else 0
+    return info
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dcd_ext.info", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0 if info.get("ops_loaded") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

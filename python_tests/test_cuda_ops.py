@@ -1,0 +1,124 @@
+"""CUDA kernels against the CPU kernels and the reference, and run-to-run reproducibility.
+
+Skipped where there is no GPU or the CUDA kernels were not built. The device-parametrised tests of the
+other files also run every reference comparison on CUDA.
+"""
+
+import pytest
+import torch
+
+from dcd_ext import ops, reference
+from op_helpers import assert_close, cuda_ready, leaf, unit_rows
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA device and CUDA kernels")]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def both(x):
+    return x, x.cuda()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m,d,k", [(1, 1, 1, 1), (33, 65, 17, 5), (100, 1000, 130, 64), (513, 777, 256, 16)])
+def test_similarity_topk_cuda_equals_cpu(n, m, d, k, dtype, gen):
+    q, qc = both(unit_rows(n, d, gen, dtype=dtype))
+    keys, kc = both(unit_rows(m, d, gen, dtype=dtype))
+    ids_q, ids_qc = both(torch.randint(0, 7, (n,), generator=gen))
+    ids_k, ids_kc = both(torch.randint(0, 7, (m,), generator=gen))
+    v, i = ops.similarity_topk(q, keys, k, ids_q, ids_k)
+    vc, ic = ops.similarity_topk(qc, kc, k, ids_qc, ids_kc)
+    torch.testing.assert_close(vc.cpu(), v, rtol=1e-4, atol=1e-4)
+    # indices may differ only where scores tie within rounding
+    full = q.double() @ keys.double().T
+    got = ic.cpu()
+    present = got >= 0
+    assert torch.equal(present, i >= 0)
+    torch.testing.assert_close(torch.gather(full, 1, got.clamp_min(0))[present], v.double()[present], rtol=1e-3,
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m,d", [(1, 1, 1), (31, 31, 9), (257, 257, 100), (300, 129, 64)])
+def test_contrastive_loss_cuda_equals_cpu_and_reference(n, m, d, dtype, gen):
+    img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(m, d, gen, dtype=dtype)
+    kw = {}
+    if n != m:
+        pos_row = torch.randint(0, m, (n,), generator=gen)
+        pos_col = torch.full((m,), -1, dtype=torch.int64)
+        kw = dict(pos_row=pos_row, pos_col=pos_col)
+    ids_i, ids_t = torch.arange(n) // 3, torch.arange(m) // 3
+    kw.update(img_ids=ids_i, txt_ids=ids_t)
+    scale = torch.tensor(30.0)
+
+    def run(fn, device):
+        a, b, s = leaf(img.to(device)), leaf(txt.to(device)), leaf(scale.to(device))
+        loss = fn(a, b, s, **{key: v.to(device) for key, v in kw.items()})
+        return (loss, *torch.autograd.grad(loss, (a, b, s)))
+
+    cuda, cpu, ref = run(ops.contrastive_loss, "cuda"), run(ops.contrastive_loss, "cpu"), run(
+        reference.contrastive_loss, "cpu")
+    for x, y, r in zip(cuda, cpu, ref):
+        assert_close(x, y, dtype, scale=10.0)
+        assert_close(x, r, dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+@pytest.mark.parametrize("weighting", ["none", "dcd"])
+def test_distill_and_dynamic_loss_cuda_equals_cpu(kind, weighting, dtype, gen):
+    b, k1, d = 70, 9, 48
+    img, txt = unit_rows(b, d, gen, dtype=dtype), unit_rows(b, d, gen, dtype=dtype)
+    cand = torch.randint(0, b, (b, k1), generator=gen)
+    cand[:, 0] = torch.arange(b)
+    cand[::4, -1] = -1
+    teacher = torch.randn(b, k1, generator=gen)
+    ids = torch.arange(b) // 5
+
+    def run(device):
+        a, t, s = leaf(img.to(device)), leaf(txt.to(device)), leaf(torch.tensor(15.0, device=device))
+        c, te, i = cand.to(device), teacher.to(device), ids.to(device)
+        out = ops.dynamic_contrastive_loss(a, t, s, c, te, c, te, i, i, kind=kind, weighting=weighting)
+        return (*out, *torch.autograd.grad(out.loss, (a, t, s)))
+
+    for x, y in zip(run("cuda"), run("cpu")):
+        assert_close(x, y, dtype, scale=10.0)
+
+
+def test_repeated_runs_are_bitwise_identical(gen):
+    img = unit_rows(1000, 128, gen, dtype=torch.bfloat16).cuda()
+    txt = unit_rows(1000, 128, gen, dtype=torch.bfloat16).cuda()
+    ids = (torch.arange(1000) // 5).cuda()
+    cand = torch.randint(0, 1000, (1000, 8), generator=gen).cuda()
+    cand[:, 0] = torch.arange(1000).cuda()
+    teacher = torch.randn(1000, 8, generator=gen).cuda()
+
+    def once():
+        a, t, s = leaf(img), leaf(txt), leaf(torch.tensor(20.0, device="cuda"))
+        out = ops.dynamic_contrastive_loss(a, t, s, cand, teacher, cand, teacher, ids, ids)
+        grads = torch.autograd.grad(out.loss, (a, t, s))
+        values, indices = ops.similarity_topk(img, txt, 32, ids, ids)
+        return (out.loss, *grads, values, indices)
+
+    first = once()
+    for _ in range(4):
+        for x, y in zip(first, once()):
+            assert torch.equal(x, y)
+
+
+def test_kernels_follow_the_current_device_and_stream(gen):
+    img, txt = unit_rows(64, 32, gen).cuda(), unit_rows(64, 32, gen).cuda()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        loss = ops.contrastive_loss(img, txt, 10.0)
+        values, _ = ops.similarity_topk(img, txt, 3)
+    stream.synchronize()
+    torch.testing.assert_close(loss.cpu(), reference.contrastive_loss(img.cpu(), txt.cpu(), torch.tensor(10.0)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_too_many_candidates_is_a_clear_error(gen):
+    img = unit_rows(4, 8, gen).cuda()
+    cand = torch.zeros(4, 300, dtype=torch.int64, device="cuda")
+    with pytest.raises(ValueError, match="at most 256 candidates"):
+        ops.distill_loss(img, img, cand, torch.zeros(4, 300, device="cuda"), 1.0)

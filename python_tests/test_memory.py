@@ -1,0 +1,46 @@
+"""Peak extra memory of the fused ops is a small fraction of the naive way's (measured in subprocesses)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, resource, sys, torch
+    from dcd_ext import ops, reference
+    torch.manual_seed(0)
+    which, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    lib = ops if which == "fused" else reference
+    img = torch.nn.functional.normalize(torch.randn(n, d), dim=1).requires_grad_()
+    txt = torch.nn.functional.normalize(torch.randn(n, d), dim=1).requires_grad_()
+    scale = torch.tensor(10.0, requires_grad=True)
+    ids = torch.arange(n) // 5
+    # warm up the allocator, BLAS and the kernels on a small problem first
+    lib.contrastive_loss(img[:64], txt[:64], scale).backward()
+    lib.similarity_topk(img[:64].detach(), txt[:64].detach(), 4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.argv[4] == "loss":
+        lib.contrastive_loss(img, txt, scale, img_ids=ids, txt_ids=ids).backward()
+    else:
+        lib.similarity_topk(img.detach(), txt.detach(), 16, ids, ids)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_kib": after - before}))
+""")
+
+
+def peak_extra_kib(which: str, n: int, d: int, op: str) -> int:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, which, str(n), str(d), op], check=True, capture_output=True,
+                         text=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_kib"]
+
+
+@pytest.mark.parametrize("op", ["loss", "topk"])
+def test_fused_peak_memory_is_a_small_fraction_of_naive(op):
+    n, d = 4096, 32
+    naive = peak_extra_kib("naive", n, d, op)
+    fused = peak_extra_kib("fused", n, d, op)
+    matrix_kib = n * n * 4 // 1024
+    assert naive >= matrix_kib, f"the naive way should hold at least one {n}x{n} matrix, saw {naive} KiB"
+    assert fused < 0.05 * naive, f"fused {fused} KiB vs naive {naive} KiB"
