@@ -1,0 +1,50 @@
+"""Helpers of the benchmark suite: inputs, pedantic timing and peak memory in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+
+def unit_rows(n: int, d: int, seed: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
+
+
+def run(benchmark, fn, rounds: int = 3):
+    """Times fn with a warm-up call; few rounds because the large cases take seconds each."""
+    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, torch
+    sys.path.insert(0, {bench_dir!r})
+    import {module} as m
+    setup = getattr(m, {setup!r})
+    args = json.loads(sys.argv[1])
+    setup(*json.loads(sys.argv[2]))()  # warm-up at a small size: allocator, BLAS buffers, lazy imports
+    fn = setup(*args)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"peak_extra_mib": (after - before) / 1024}}))
+""")
+
+
+def peak_extra_mib(module: str, setup: str, args: list, small_args: list) -> float:
+    """Peak resident memory one call adds beyond its inputs, measured in a fresh process.
+
+    setup(*args) builds the inputs and returns the call; a call at small_args first warms up lazy
+    state so that only the call's own temporaries count.
+    """
+    import os
+
+    script = PEAK_SCRIPT.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), module=module, setup=setup)
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(args), json.dumps(small_args)], check=True,
+                         capture_output=True, text=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]

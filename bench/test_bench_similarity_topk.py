@@ -1,0 +1,58 @@
+"""similarity_topk against torch.matmul + torch.topk and faiss' exact inner-product search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench_utils import peak_extra_mib, run, unit_rows
+from dcd_ext import ops
+
+FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (16384, 16, "float32"), (16384, 128, "float32"),
+        (4096, 16, "bfloat16"), (16384, 16, "bfloat16")]
+SMOKE = [(512, 16, "float32"), (512, 16, "bfloat16")]
+DIM = 256
+IMPLS = ["dcd_ext", "matmul_topk", "faiss"]
+
+
+def setup_call(impl: str, n: int, d: int, k: int, dtype: str):
+    q = unit_rows(n, d, 0, getattr(torch, dtype))
+    keys = unit_rows(n, d, 1, getattr(torch, dtype))
+    if impl == "dcd_ext":
+        return lambda: ops.similarity_topk(q, keys, k)
+    if impl == "matmul_topk":
+        return lambda: torch.topk(q.float() @ keys.float().T, k, dim=1)
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    index = faiss.IndexFlatIP(d)
+    index.add(keys.float().numpy())
+    qn = q.float().numpy()
+    return lambda: index.search(qn, k)
+
+
+def cases(full: bool):
+    return FULL if full else SMOKE
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", range(len(FULL)))
+def test_similarity_topk(benchmark, full_sizes, impl, case):
+    sizes = cases(full_sizes)
+    if case >= len(sizes):
+        pytest.skip("smoke run uses fewer sizes")
+    n, k, dtype = sizes[case]
+    if impl == "faiss":
+        pytest.importorskip("faiss")
+        if dtype != "float32":
+            pytest.skip("faiss IndexFlatIP searches float32 only")
+    benchmark.group = f"similarity_topk N=M={n} D={DIM} k={k} {dtype}"
+    fn = setup_call(impl, n, DIM, k, dtype)
+    result = run(benchmark, fn)
+    if impl == "dcd_ext":
+        ref_values = torch.topk(unit_rows(n, DIM, 0, getattr(torch, dtype)).float()
+                                @ unit_rows(n, DIM, 1, getattr(torch, dtype)).float().T, k, dim=1).values
+        torch.testing.assert_close(result[0], ref_values, rtol=1e-4, atol=1e-4)
+    if full_sizes:
+        benchmark.extra_info["peak_extra_mib"] = peak_extra_mib(
+            "test_bench_similarity_topk", "setup_call", [impl, n, DIM, k, dtype], [impl, 256, DIM, k, dtype])
