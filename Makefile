@@ -24,7 +24,7 @@ setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install "setuptools>=69" wheel ninja==1.13.2
 	$(PIP) install --no-build-isolation ".[test]"
-	$(PYTHON) -m dcd_ext.info
+	cd python_tests && $(PYTHON) -m dcd_ext.info  # not from the root, where ./dcd_ext would shadow the install
 
 demo: setup
 	$(PYTHON) -m dcd_ext.train
