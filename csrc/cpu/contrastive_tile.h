@@ -28,12 +28,14 @@ void contrastive_tile_stats(const acc_t* c, const TileGeometry& g, acc_t scale, 
     const index_t i = g.r0 + r;
     acc_t mx = ninf;
     if (ids) {
+#pragma omp simd reduction(max : mx)
       for (index_t j = 0; j < g.cols; ++j) {
         acc_t s = scale * cr[j];
         mx = max_of(mx, mask.in_row(i, g.c0 + j) ? s : ninf);
         tile_col_max[j] = max_of(tile_col_max[j], mask.in_col(i, g.c0 + j) ? s : ninf);
       }
     } else {
+#pragma omp simd reduction(max : mx)
       for (index_t j = 0; j < g.cols; ++j) {
         acc_t s = scale * cr[j];
         mx = max_of(mx, s);
@@ -42,27 +44,38 @@ void contrastive_tile_stats(const acc_t* c, const TileGeometry& g, acc_t scale, 
     }
     acc_t sum = 0;
     if (ids) {
+#pragma omp simd reduction(+ : sum)
       for (index_t j = 0; j < g.cols; ++j)
         sum += mask.in_row(i, g.c0 + j) ? exp_nonpositive(scale * cr[j] - mx) : acc_t(0);
     } else {
+#pragma omp simd reduction(+ : sum)
       for (index_t j = 0; j < g.cols; ++j) sum += exp_nonpositive(scale * cr[j] - mx);
     }
     row_stats[r].merge(mx, sum);
   }
   // rescale the running column sums to the new maxima, then add this tile
-  for (index_t j = 0; j < g.cols; ++j) {
-    acc_t m_new = max_of(col_max[j], tile_col_max[j]);
-    col_sum[j] *= exp_nonpositive(col_max[j] - m_new);
-    col_max[j] = m_new;
+  const index_t cols = g.cols;
+  acc_t* __restrict cmax = col_max;
+  acc_t* __restrict csum = col_sum;
+  const acc_t* __restrict tmax = tile_col_max;
+#pragma omp simd
+  for (index_t j = 0; j < cols; ++j) {
+    acc_t m_new = max_of(cmax[j], tmax[j]);
+    csum[j] *= exp_nonpositive(cmax[j] - m_new);
+    cmax[j] = m_new;
   }
   for (index_t r = 0; r < g.rows; ++r) {
-    const acc_t* cr = c + r * g.ld;
+    const acc_t* __restrict cr = c + r * g.ld;
     const index_t i = g.r0 + r;
     if (ids) {
-      for (index_t j = 0; j < g.cols; ++j)
-        col_sum[j] += mask.in_col(i, g.c0 + j) ? exp_nonpositive(scale * cr[j] - col_max[j]) : acc_t(0);
+#pragma omp simd
+      for (index_t j = 0; j < cols; ++j) {
+        const acc_t e = exp_nonpositive(scale * cr[j] - cmax[j]);
+        csum[j] += mask.in_col(i, g.c0 + j) ? e : acc_t(0);
+      }
     } else {
-      for (index_t j = 0; j < g.cols; ++j) col_sum[j] += exp_nonpositive(scale * cr[j] - col_max[j]);
+#pragma omp simd
+      for (index_t j = 0; j < cols; ++j) csum[j] += exp_nonpositive(scale * cr[j] - cmax[j]);
     }
   }
 }
@@ -84,6 +97,7 @@ acc_t contrastive_tile_grad(acc_t* c, const TileGeometry& g, acc_t scale, const 
     const acc_t* lc = lse_col + g.c0;
     acc_t acc = 0;
     if (ids) {
+#pragma omp simd reduction(+ : acc)
       for (index_t j = 0; j < g.cols; ++j) {
         acc_t s = scale * cr[j];
         acc_t sr = mask.in_row(i, g.c0 + j) ? s : ninf;
@@ -93,6 +107,7 @@ acc_t contrastive_tile_grad(acc_t* c, const TileGeometry& g, acc_t scale, const 
         cr[j] = ds;
       }
     } else {
+#pragma omp simd reduction(+ : acc)
       for (index_t j = 0; j < g.cols; ++j) {
         acc_t s = scale * cr[j];
         acc_t ds = gr * exp_nonpositive(s - lr) + gc[j] * exp_nonpositive(s - lc[j]);

@@ -32,10 +32,19 @@ DCD_HOST_DEVICE double log_of(double x) {
 // 2e-7 on [-87, 0] and exactly 0 below -87 (so exp(-inf) == 0).
 DCD_HOST_DEVICE float exp_nonpositive(float x) {
   const float lo = -87.0f;
-  const bool underflow = !(x >= lo);  // also catches NaN and -inf
-  float xc = underflow ? lo : x;
-  // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // a plain select (not a branch around the math) keeps the whole body vectorisable
+  const float xc = x > lo ? x : lo;
+  // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]. Adding 1.5 * 2^23
+  // rounds to an integer without floor(), which compilers only vectorise under -fno-trapping-math.
+  union Bits {
+    int i;
+    float f;
+  };
+  const float magic = 12582912.0f;
+  Bits t;
+  t.f = xc * 1.44269504088896341f + magic;
+  const float n = t.f - magic;
+  const int ni = t.i - 0x4B400000;  // the bits of magic
   float r = xc - n * 0.693145751953125f;
   r = r - n * 1.428606765330187045e-06f;
   float p = 1.9875691500e-4f;
@@ -45,14 +54,10 @@ DCD_HOST_DEVICE float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int ni = static_cast<int>(n) + 127;
-  union {
-    int i;
-    float f;
-  } scale;
-  scale.i = ni << 23;
-  float y = p * scale.f;
-  return underflow ? 0.0f : y;
+  Bits scale;
+  scale.i = (ni + 127) << 23;
+  const float y = p * scale.f;
+  return x >= lo ? y : 0.0f;  // 0 below the float range, for -inf and for NaN
 }
 DCD_HOST_DEVICE double exp_nonpositive(double x) {
   return x > -static_cast<double>(INFINITY) ? exp(x) : 0.0;  // 0 for -inf and NaN, as above
