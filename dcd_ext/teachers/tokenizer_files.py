@@ -1,0 +1,98 @@
+"""Local tokenizer directories: loading them with clear errors, and writing tiny ones for tests/demos.
+
+ViLT uses BERT's uncased WordPiece tokenizer (``vocab.txt``), METER RoBERTa's byte-level BPE
+(``vocab.json`` + ``merges.txt``); either may instead come as a ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = [
+    "load_bert_tokenizer",
+    "load_roberta_tokenizer",
+    "write_wordpiece_vocab",
+    "write_byte_bpe_vocab",
+]
+
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def _require_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} directory not found: {path}")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{what} must be a directory, got a file: {path}")
+    return path
+
+
+def _has_any(path: Path, file_sets: list[tuple[str, ...]]) -> bool:
+    return any(all((path / name).is_file() for name in names) for names in file_sets)
+
+
+def load_bert_tokenizer(path: str | Path, *, do_lower_case: bool = True):
+    """BERT WordPiece tokenizer from a local directory (``tokenizer.json`` or ``vocab.txt``)."""
+    path = _require_dir(path, "BERT tokenizer")
+    if not _has_any(path, [("tokenizer.json",), ("vocab.txt",)]):
+        raise FileNotFoundError(
+            f"no BERT tokenizer files in {path}: expected tokenizer.json or vocab.txt"
+        )
+    from transformers import BertTokenizer
+
+    kwargs = {} if (path / "tokenizer_config.json").is_file() else {"do_lower_case": do_lower_case}
+    return BertTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+
+
+def load_roberta_tokenizer(path: str | Path):
+    """RoBERTa byte-level BPE tokenizer from a local directory."""
+    path = _require_dir(path, "RoBERTa tokenizer")
+    if not _has_any(path, [("tokenizer.json",), ("vocab.json", "merges.txt")]):
+        raise FileNotFoundError(
+            f"no RoBERTa tokenizer files in {path}: expected tokenizer.json or vocab.json + merges.txt"
+        )
+    from transformers import RobertaTokenizer
+
+    return RobertaTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def _words(words: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for word in words:
+        for part in str(word).lower().split():
+            seen.setdefault(part, None)
+    return list(seen)
+
+
+def write_wordpiece_vocab(out_dir: str | Path, words: Iterable[str]) -> Path:
+    """Write an uncased WordPiece ``vocab.txt``: specials, the given words, and single characters
+    (with ``##`` continuations) so that any lower-case ASCII word still tokenises without [UNK]."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    vocab = list(dict.fromkeys(_BERT_SPECIALS + _words(words) + chars + ["##" + c for c in chars]))
+    path = out_dir / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return path
+
+
+def write_byte_bpe_vocab(out_dir: str | Path, words: Iterable[str]) -> tuple[Path, Path]:
+    """Write a RoBERTa-style byte-level BPE ``vocab.json`` + ``merges.txt`` learnt from the given words
+    (specials first, ``<pad>`` = 1 as in RoBERTa); any other text still tokenises, byte by byte."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_words = _words(words)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [" ".join(vocab_words)] * 2,
+        vocab_size=256 + len(_ROBERTA_SPECIALS) + 8 * max(1, len(vocab_words)),
+        min_frequency=1,
+        special_tokens=_ROBERTA_SPECIALS,
+        show_progress=False,
+    )
+    bpe.save_model(str(out_dir))
+    return out_dir / "vocab.json", out_dir / "merges.txt"
