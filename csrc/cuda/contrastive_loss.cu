@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads)
                    MaskArgs mask_args, acc_t* lse) {
   using Gemm = typename TileGemmFor<in_t, acc_t>::type;
   __shared__ typename Gemm::Smem sm;
-  __shared__ acc_t tile[kRows][kTileLd];
+  __shared__ __align__(32) acc_t tile[kRows][kTileLd];  // WMMA stores need 256-bit alignment
   const PairMask mask = to_pair_mask(mask_args);
   const acc_t scale = *scale_ptr;
   const int r = threadIdx.x / kThreadsPerRow, p = threadIdx.x % kThreadsPerRow;
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
                     acc_t* d_a, acc_t* d_scale_parts) {
   using Gemm = typename TileGemmFor<in_t, acc_t>::type;
   __shared__ typename Gemm::Smem sm;
-  __shared__ acc_t tile[kRows][kTileLd];
+  __shared__ __align__(32) acc_t tile[kRows][kTileLd];  // WMMA stores need 256-bit alignment
   __shared__ acc_t warp_parts[kThreads / 32];
   // the gradient GEMM stages b through the producer's shared memory, which is free between tiles
   using Stage = acc_t[kGradDepth + 1];

@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kThreads)
                            const int64_t* qid, const int64_t* kid, float* values, int64_t* indices) {
   using Gemm = typename TileGemmFor<in_t, acc_t>::type;
   __shared__ typename Gemm::Smem sm;
-  __shared__ acc_t tile[kRows][kTileLd];
+  __shared__ __align__(32) acc_t tile[kRows][kTileLd];  // WMMA stores need 256-bit alignment
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   constexpr int kRowsPerWarp = kRows / (kThreads / 32);
