@@ -8,7 +8,7 @@ import torch
 from bench_utils import peak_extra_mib, run, unit_rows
 from dcd_ext import ops, reference
 
-FULL = [1024, 4096]
+FULL = [1024, 8192]
 SMOKE = [128]
 DIM, K1 = 256, 8
 

@@ -8,7 +8,8 @@ import torch
 from bench_utils import peak_extra_mib, run, unit_rows
 from dcd_ext import ops
 
-FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (16384, 16, "float32"), (16384, 128, "float32"),
+FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (8192, 16, "float32"), (16384, 16, "float32"),
+        (16384, 128, "float32"),
         (4096, 16, "bfloat16"), (16384, 16, "bfloat16")]
 SMOKE = [(512, 16, "float32"), (512, 16, "bfloat16")]
 DIM = 256
