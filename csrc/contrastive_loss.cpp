@@ -1,5 +1,6 @@
-// Device-agnostic glue of the fused contrastive loss: checks, default positions, the positive terms and
-// per-row/column weights (O(N + M) vector work), around the device kernels that stream the tiles.
+// Device-agnostic glue of the fused contrastive loss: checks, default positions, the forward's positive
+// terms and the per-row/column weights (O(N + M) vector work), around the device kernels that stream
+// the tiles (the backward kernels fold the positive terms into their tiles).
 #include <torch/library.h>
 
 #include <limits>
@@ -105,20 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss_backward(
   auto lse_row = at::where(g_row.ne(0), row_lse.to(acc), at::full_like(g_row, inf)).contiguous();
   auto lse_col = at::where(g_col.ne(0), col_lse.to(acc), at::full_like(g_col, inf)).contiguous();
   auto grads = kernels_for(img).contrastive_lse_grad(in, g_row, lse_row, g_col, lse_col);
-  auto d_img = std::get<0>(grads), d_txt = std::get<1>(grads), d_scale = std::get<2>(grads);
-
-  // minus the positive terms: d(-g_row[i] * s_{i, pos_row[i]}) and d(-g_col[j] * s_{pos_col[j], j})
-  auto s = scale.to(acc).reshape({});
-  auto u = in.img.to(acc), v = in.txt.to(acc);
-  auto pr = in.pos_row.clamp_min(0), pc = in.pos_col.clamp_min(0);
-  d_img.sub_(v.index_select(0, pr) * (s * g_row).unsqueeze(1));
-  d_txt.index_add_(0, pr, u * (-s * g_row).unsqueeze(1));
-  d_txt.sub_(u.index_select(0, pc) * (s * g_col).unsqueeze(1));
-  d_img.index_add_(0, pc, v * (-s * g_col).unsqueeze(1));
-  d_scale = d_scale - (g_row * positive_dots(u, v, in.pos_row, acc)).sum() -
-            (g_col * positive_dots(v, u, in.pos_col, acc)).sum();
-  return {d_img.to(img.scalar_type()), d_txt.to(txt.scalar_type()),
-          d_scale.to(scale.scalar_type()).reshape(scale.sizes())};
+  return {std::get<0>(grads).to(img.scalar_type()), std::get<1>(grads).to(txt.scalar_type()),
+          std::get<2>(grads).to(scale.scalar_type()).reshape(scale.sizes())};
 }
 
 }  // namespace

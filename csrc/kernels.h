@@ -16,8 +16,8 @@ struct ContrastiveInputs {
 
 // Row and column log-sum-exps (float32, float64 for float64 inputs) of the masked score matrix.
 using ContrastiveLseFn = std::tuple<at::Tensor, at::Tensor> (*)(const ContrastiveInputs&);
-// Gradients of sum_i g_row[i] * lse_row[i] + sum_j g_col[j] * lse_col[j] with respect to img, txt
-// and the logit scale (the positive terms are the caller's). lse_* are +inf where g_* is 0.
+// Gradients of sum_i g_row[i] * l_i + sum_j g_col[j] * m_j (the row and column terms, positives
+// included) with respect to img, txt and the logit scale. lse_* are +inf where g_* is 0.
 using ContrastiveLseGradFn = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(
     const ContrastiveInputs&, const at::Tensor& g_row, const at::Tensor& lse_row, const at::Tensor& g_col,
     const at::Tensor& lse_col);

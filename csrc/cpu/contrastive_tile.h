@@ -3,6 +3,8 @@
 // scores are s = scale * c. Loops are written branch-free so the compiler vectorises them. Torch-free.
 #pragma once
 
+#include <vector>
+
 #include "dcd/macros.h"
 #include "dcd/math.h"
 #include "dcd/online_lse.h"
@@ -13,6 +15,13 @@ namespace cpu {
 
 struct TileGeometry {
   index_t r0, rows, c0, cols, ld;
+};
+
+// A positive pair inside a tile: its tile coordinates, the coefficient of its -s term and its dot product.
+template <typename acc_t>
+struct PositiveHit {
+  index_t r, j;
+  acc_t g, dot;
 };
 
 // Folds the tile into the running row statistics (row_stats[rows], indexed from r0) and the running
@@ -80,14 +89,26 @@ void contrastive_tile_stats(const acc_t* c, const TileGeometry& g, acc_t scale, 
   }
 }
 
-// Overwrites the tile with dL/ds (without the positive terms, which the caller adds):
-//   ds = g_row[i] * exp(s - lse_row[i]) [in_row] + g_col[j] * exp(s - lse_col[j]) [in_col]
+// Overwrites the tile with dL/ds of sum_i g_row[i] l_i + sum_j g_col[j] m_j:
+//   ds = g_row[i] * (exp(s - lse_row[i]) [in_row] - [j == pos_row[i]])
+//      + g_col[j] * (exp(s - lse_col[j]) [in_col] - [i == pos_col[j]])
 // lse_* must be +inf where the matching g_* is 0. Returns sum(ds * c), the logit-scale gradient part.
 template <typename acc_t>
 acc_t contrastive_tile_grad(acc_t* c, const TileGeometry& g, acc_t scale, const PairMask& mask,
-                            const acc_t* g_row, const acc_t* lse_row, const acc_t* g_col, const acc_t* lse_col) {
+                            const acc_t* g_row, const acc_t* lse_row, const acc_t* g_col, const acc_t* lse_col,
+                            std::vector<PositiveHit<acc_t>>& hits) {
   const acc_t ninf = neg_infinity<acc_t>();
   const bool ids = mask.has_ids();
+  // the positives inside this tile, with their dot products, before the loop below overwrites them
+  hits.clear();
+  for (index_t r = 0; r < g.rows; ++r) {
+    const index_t j = mask.pos_row[g.r0 + r] - g.c0;
+    if (j >= 0 && j < g.cols) hits.push_back({r, j, g_row[g.r0 + r], c[r * g.ld + j]});
+  }
+  for (index_t j = 0; j < g.cols; ++j) {
+    const index_t r = mask.pos_col[g.c0 + j] - g.r0;
+    if (r >= 0 && r < g.rows) hits.push_back({r, j, g_col[g.c0 + j], c[r * g.ld + j]});
+  }
   acc_t dscale = 0;
   for (index_t r = 0; r < g.rows; ++r) {
     acc_t* cr = c + r * g.ld;
@@ -116,6 +137,10 @@ acc_t contrastive_tile_grad(acc_t* c, const TileGeometry& g, acc_t scale, const 
       }
     }
     dscale += acc;
+  }
+  for (const auto& h : hits) {
+    c[h.r * g.ld + h.j] -= h.g;
+    dscale -= h.g * h.dot;
   }
   return dscale;
 }

@@ -89,6 +89,8 @@ __global__ void __launch_bounds__(kThreads)
         const acc_t dot = tile[r][c], s = scale * dot;
         if (mask.in_row(i, j)) ds += gi * exp_of(s - li);
         if (mask.in_col(i, j)) ds += g_b[j] * exp_of(s - lse_b[j]);
+        if (mask.pos_row[i] == j) ds -= gi;  // the -s term of row i's positive
+        if (mask.pos_col[j] == i) ds -= g_b[j];
         d_scale += ds * dot;
       }
       tile[r][c] = ds;

@@ -54,11 +54,23 @@ void check_candidates(int64_t k1) {
                     " candidates per anchor (K + 1), got ", k1);
 }
 
-ck::DistillArgs distill_args(const at::Tensor& x, const at::Tensor& y, const DistillInputs& in,
-                             const at::Tensor& teacher, const at::Tensor& scale) {
-  return ck::DistillArgs{matrix(x), matrix(y), in.cand.data_ptr<int64_t>(), teacher.data_ptr(), in.cand.size(1),
-                         scale.data_ptr(), in.temperature, in.kind};
-}
+// The distillation inputs as the kernels read them: anchors and pool in one dtype, teacher logits and
+// the scale in the accumulation dtype. Holds the tensors the raw pointers in args point into.
+struct DistillOperands {
+  at::Tensor x, y, teacher, scale;
+  at::ScalarType acc;
+  ck::DistillArgs args;
+
+  explicit DistillOperands(const DistillInputs& in) {
+    check_candidates(in.cand.size(1));
+    acc = acc_dtype(in.anchors, in.pool);
+    std::tie(x, y) = common_dtype(in.anchors, in.pool);
+    teacher = in.teacher.to(acc).contiguous();
+    scale = scale_tensor(in.logit_scale, acc);
+    args = ck::DistillArgs{matrix(x), matrix(y), in.cand.data_ptr<int64_t>(), teacher.data_ptr(), in.cand.size(1),
+                           scale.data_ptr(), in.temperature, in.kind};
+  }
+};
 
 }  // namespace
 
@@ -122,33 +134,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const Contra
 
 at::Tensor distill_stats(const DistillInputs& in) {
   c10::cuda::CUDAGuard guard(in.anchors.device());
-  check_candidates(in.cand.size(1));
-  const auto acc = acc_dtype(in.anchors, in.pool);
-  auto [x, y] = common_dtype(in.anchors, in.pool);
-  auto teacher = in.teacher.to(acc).contiguous();
-  auto scale = scale_tensor(in.logit_scale, acc);
-  auto stats = at::empty({x.size(0), 4}, x.options().dtype(acc));
-  check_launch(ck::distill_stats(distill_args(x, y, in, teacher, scale), stats.data_ptr(),
-                                 c10::cuda::getCurrentCUDAStream()),
-               "distill_loss");
+  DistillOperands ops(in);
+  auto stats = at::empty({ops.x.size(0), 4}, ops.x.options().dtype(ops.acc));
+  check_launch(ck::distill_stats(ops.args, stats.data_ptr(), c10::cuda::getCurrentCUDAStream()), "distill_loss");
   return stats;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs& in, const at::Tensor& coef_dist,
                                                             const at::Tensor& coef_hard) {
   c10::cuda::CUDAGuard guard(in.anchors.device());
-  check_candidates(in.cand.size(1));
-  const auto acc = acc_dtype(in.anchors, in.pool);
-  auto [x, y] = common_dtype(in.anchors, in.pool);
-  auto teacher = in.teacher.to(acc).contiguous();
-  auto scale = scale_tensor(in.logit_scale, acc);
-  auto opts = x.options().dtype(acc);
-  const int64_t n = x.size(0), k1 = in.cand.size(1);
-  auto dz = at::empty({n, k1}, opts), d_anchor = at::empty({n, x.size(1)}, opts), d_scale_rows = at::empty({n}, opts);
-  auto args = distill_args(x, y, in, teacher, scale);
+  DistillOperands ops(in);
+  auto opts = ops.x.options().dtype(ops.acc);
+  const int64_t n = ops.x.size(0), k1 = in.cand.size(1);
+  auto dz = at::empty({n, k1}, opts), d_anchor = at::empty({n, ops.x.size(1)}, opts);
+  auto d_scale_rows = at::empty({n}, opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  check_launch(ck::distill_grad(args, coef_dist.data_ptr(), coef_hard.data_ptr(), dz.data_ptr(), d_anchor.data_ptr(),
-                                d_scale_rows.data_ptr(), stream),
+  check_launch(ck::distill_grad(ops.args, coef_dist.data_ptr(), coef_hard.data_ptr(), dz.data_ptr(),
+                                d_anchor.data_ptr(), d_scale_rows.data_ptr(), stream),
                "distill_loss backward");
   // pool gradient: candidates grouped by pool index (stable sort) and summed per group in order
   auto sorted = at::sort(in.cand.reshape({-1}), /*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -158,8 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs&
   auto seg_starts = at::cat({at::zeros({1}, boundaries.options()), boundaries,
                              at::full({1}, total, boundaries.options())})
                         .contiguous();
-  auto d_pool = at::zeros({y.size(0), y.size(1)}, opts);
-  check_launch(ck::distill_pool_grad(args, dz.data_ptr(), order.data_ptr<int64_t>(), sorted_cand.data_ptr<int64_t>(),
+  auto d_pool = at::zeros({ops.y.size(0), ops.y.size(1)}, opts);
+  check_launch(ck::distill_pool_grad(ops.args, dz.data_ptr(), order.data_ptr<int64_t>(), sorted_cand.data_ptr<int64_t>(),
                                      seg_starts.data_ptr<int64_t>(), seg_starts.size(0) - 1, d_pool.data_ptr(), stream),
                "distill_loss backward (pool)");
   return {d_anchor, d_pool, d_scale_rows.sum()};

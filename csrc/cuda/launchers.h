@@ -38,8 +38,8 @@ cudaError_t contrastive_row_lse(Matrix a, Matrix b, const void* scale, MaskArgs 
 // Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
 constexpr int64_t kContrastiveRowsPerBlock = 32;
 
-// d_a[i] = scale * sum_j ds_ij b_j with ds_ij = g_a[i] exp(s_ij - lse_a[i]) [row rule]
-//                                       + g_b[j] exp(s_ij - lse_b[j]) [column rule];
+// d_a[i] = scale * sum_j ds_ij b_j with ds_ij = g_a[i] (exp(s_ij - lse_a[i]) [row rule] - [j == pos_a[i]])
+//                                       + g_b[j] (exp(s_ij - lse_b[j]) [column rule] - [i == pos_b[j]]);
 // d_a must hold zeros (it is accumulated into). When d_scale_parts is non-null,
 // d_scale_parts[block] = sum over the block's rows of ds_ij <a_i, b_j>.
 cudaError_t contrastive_row_grad(Matrix a, Matrix b, const void* scale, MaskArgs mask, const void* g_a,

@@ -64,9 +64,23 @@ int main() {
       g_c[j] = pos_col[j] < 0 ? 0.0 : 0.05 * (j + 1);
       lc[j] = g_c[j] != 0 ? lse_c[j] : INFINITY;
     }
+    // the gradient folded tile by tile over the same tiling as above
     std::vector<double> ds(c);
-    const double dscale = dcd::cpu::contrastive_tile_grad(ds.data(), dcd::cpu::TileGeometry{0, n, 0, m, m}, scale,
-                                                          mask, g_r.data(), lr.data(), g_c.data(), lc.data());
+    std::vector<dcd::cpu::PositiveHit<double>> hits;
+    double dscale = 0;
+    for (index_t r0 = 0; r0 < n; r0 += row_tile) {
+      const index_t nr = std::min(row_tile, n - r0);
+      for (index_t c0 = 0; c0 < m; c0 += col_tile) {
+        const index_t nc = std::min(col_tile, m - c0);
+        tile.assign(nr * nc, 0);
+        for (index_t r = 0; r < nr; ++r)
+          for (index_t j = 0; j < nc; ++j) tile[r * nc + j] = c[(r0 + r) * m + c0 + j];
+        dscale += dcd::cpu::contrastive_tile_grad(tile.data(), dcd::cpu::TileGeometry{r0, nr, c0, nc, nc}, scale, mask,
+                                                  g_r.data(), lr.data(), g_c.data(), lc.data(), hits);
+        for (index_t r = 0; r < nr; ++r)
+          for (index_t j = 0; j < nc; ++j) ds[(r0 + r) * m + c0 + j] = tile[r * nc + j];
+      }
+    }
     double expect_dscale = 0;
     for (index_t i = 0; i < n; ++i)
       for (index_t j = 0; j < m; ++j) {
@@ -74,6 +88,8 @@ int main() {
         double e = 0;
         if (mask.in_row(i, j) && g_r[i] != 0) e += g_r[i] * std::exp(s - lse_r[i]);
         if (mask.in_col(i, j) && g_c[j] != 0) e += g_c[j] * std::exp(s - lse_c[j]);
+        if (pos_row[i] == j) e -= g_r[i];
+        if (pos_col[j] == i) e -= g_c[j];
         CHECK_NEAR(ds[i * m + j], e, 1e-12);
         expect_dscale += e * c[i * m + j];
       }
