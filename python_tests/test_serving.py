@@ -1,0 +1,229 @@
+"""Serving commands: ``python -m dcd_ext.index``, ``dcd_ext.search`` and ``dcd_ext.speed`` on tiny models.
+
+The student is a small dual encoder briefly fitted to the gallery's own captions, so a caption's image
+(and an image's caption) is a planted first hit; the other checks compare against embeddings, top-k
+and teacher scores computed here directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dcd_ext import index as index_cli
+from dcd_ext import ops, search as search_cli, speed as speed_cli
+from dcd_ext.data import make_synthetic_split, vocabulary
+from dcd_ext.students import build_small_student, load_student, save_student
+
+NUM_IMAGES, ID_OFFSET = 8, 100
+
+
+def fit_student(student, images, captions, steps=80):
+    """Overfit the student on (image i, caption i) so each caption retrieves its own image."""
+    pixels = student.preprocess_images(images)
+    ids, mask = student.tokenizer(captions)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    for _ in range(steps):
+        img, txt, scale = student(pixels, ids, mask)
+        loss = ops.contrastive_loss(img, txt, scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return student.eval()
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """Image files, one caption per image (in a .txt), a fitted student folder, and both indexes."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("serving")
+    scenes = make_synthetic_split("serving", NUM_IMAGES, seed=3, image_size=32)
+    first = {}
+    for j, i in enumerate(scenes.caption_image):
+        first.setdefault(i, scenes.captions[j])
+    captions = [first[i] for i in range(NUM_IMAGES)]
+    image_dir = root / "images"
+    image_dir.mkdir()
+    paths = []
+    for i, image in enumerate(scenes.images):
+        paths.append(str(image_dir / f"scene_{i}.png"))
+        image.save(paths[-1])
+    (root / "captions.txt").write_text("\n".join(captions) + "\n")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        student = build_small_student(captions=vocabulary(), image_size=32, width=64, embed_dim=32,
+                                      image_channels=[8, 16, 32], text_layers=1, heads=2)
+        fit_student(student, [scenes.images[i] for i in range(NUM_IMAGES)], captions)
+    save_student(student, str(root / "student"))
+    image_index, text_index = str(root / "images.idx"), str(root / "captions.idx")
+    index_cli.main(["--student", str(root / "student"), "--images", str(image_dir), "--out", image_index,
+                    "--id-offset", str(ID_OFFSET), "--export-faiss", str(root / "images.faiss"),
+                    "--device", "cpu", "--no-progress", "--batch-size", "3"])
+    index_cli.main(["--student", str(root / "student"), "--data", str(root / "captions.txt"), "--modality", "text",
+                    "--out", text_index, "--device", "cpu", "--no-progress"])
+    return {"root": root, "paths": paths, "captions": captions, "student_dir": str(root / "student"),
+            "image_index": image_index, "text_index": text_index, "faiss": str(root / "images.faiss")}
+
+
+def run_search(argv, tmp_path):
+    out = tmp_path / "results.json"
+    search_cli.main(list(argv) + ["--device", "cpu", "--json", str(out)])
+    return json.loads(out.read_text())
+
+
+def reference_image_embeddings(gallery):
+    from PIL import Image
+    student = load_student(gallery["student_dir"])
+    with torch.no_grad():
+        return student, student.encode_image(student.preprocess_images([Image.open(p).convert("RGB")
+                                                                        for p in gallery["paths"]]))
+
+
+def test_index_file_holds_ids_embeddings_and_metadata(gallery):
+    student, expected = reference_image_embeddings(gallery)
+    with safe_open(gallery["image_index"], framework="pt") as f:
+        meta = f.metadata()
+        embeddings, ids = f.get_tensor("embeddings"), f.get_tensor("ids")
+    assert ids.dtype == torch.int64 and ids.tolist() == list(range(ID_OFFSET, ID_OFFSET + NUM_IMAGES))
+    assert embeddings.dtype == torch.float32 and embeddings.shape == (NUM_IMAGES, 32)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+    assert meta["modality"] == "image" and meta["student"] == os.path.abspath(gallery["student_dir"])
+    items = json.loads(meta["items"])
+    assert [it["name"] for it in items] == [f"scene_{i}.png" for i in range(NUM_IMAGES)]
+    assert [it["source"] for it in items] == gallery["paths"]
+    assert not [n for n in os.listdir(gallery["root"]) if n.endswith(".tmp")]
+
+
+def test_float16_index(gallery, tmp_path):
+    out = str(tmp_path / "half.idx")
+    index_cli.main(["--student", gallery["student_dir"], "--images", os.path.dirname(gallery["paths"][0]),
+                    "--out", out, "--dtype", "float16", "--device", "cpu", "--no-progress"])
+    with safe_open(out, framework="pt") as f:
+        assert f.get_tensor("embeddings").dtype == torch.float16
+    doc = run_search(["--index", out, "--text", gallery["captions"][2], "--k", "1"], tmp_path)
+    assert doc["queries"][0]["results"][0]["name"] == "scene_2.png"
+
+
+def test_text_query_finds_planted_image_and_matches_reference(gallery, tmp_path):
+    student, image_emb = reference_image_embeddings(gallery)
+    queries = [gallery["captions"][5], gallery["captions"][1]]
+    doc = run_search(["--index", gallery["image_index"], "--text", queries[0], "--text", queries[1], "--k", "4"],
+                     tmp_path)
+    for q, planted, entry in zip(queries, (5, 1), doc["queries"]):
+        hits = entry["results"]
+        assert entry["query"] == q
+        assert hits[0]["id"] == ID_OFFSET + planted and hits[0]["name"] == f"scene_{planted}.png"
+        with torch.no_grad():
+            ids, mask = student.tokenizer([q])
+            sims = (student.encode_text(ids, mask) @ image_emb.T)[0]
+        order = torch.sort(sims, descending=True, stable=True).indices[:4]
+        assert [h["id"] for h in hits] == (order + ID_OFFSET).tolist()
+        torch.testing.assert_close(torch.tensor([h["score"] for h in hits]), sims[order], atol=1e-5, rtol=0)
+        assert all(h["teacher_score"] is None for h in hits)
+
+
+def test_queries_file_and_image_query_on_text_index(gallery, tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text(gallery["captions"][0] + "\n\n" + gallery["captions"][7] + "\n")
+    doc = run_search(["--index", gallery["image_index"], "--queries", str(queries), "--k", "2"], tmp_path)
+    assert [e["results"][0]["id"] for e in doc["queries"]] == [ID_OFFSET, ID_OFFSET + 7]
+    doc = run_search(["--index", gallery["text_index"], "--image", gallery["paths"][6], "--k", "3"], tmp_path)
+    top = doc["queries"][0]["results"][0]
+    assert top["id"] == 6 and top["name"] == gallery["captions"][6]
+
+
+def test_printed_table(gallery, capsys):
+    search_cli.main(["--index", gallery["image_index"], "--text", gallery["captions"][3], "--k", "2",
+                     "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"query: {gallery['captions'][3]}"
+    assert lines[2].split()[:2] == ["1", str(ID_OFFSET + 3)] and lines[2].endswith("scene_3.png")
+
+
+def test_faiss_export_gives_the_same_top_k(gallery):
+    faiss = pytest.importorskip("faiss")
+    student, image_emb = reference_image_embeddings(gallery)
+    with torch.no_grad():
+        ids, mask = student.tokenizer(gallery["captions"])
+        queries = student.encode_text(ids, mask)
+    flat = faiss.read_index(gallery["faiss"])
+    assert flat.ntotal == NUM_IMAGES
+    faiss_scores, faiss_ids = flat.search(queries.numpy(), 5)
+    values, positions = ops.similarity_topk(queries, image_emb, 5)
+    assert (torch.from_numpy(faiss_ids) == positions + ID_OFFSET).all()
+    torch.testing.assert_close(torch.from_numpy(faiss_scores), values, atol=1e-5, rtol=0)
+
+
+def test_teacher_rerank_is_a_permutation_ordered_by_teacher_score(gallery, tmp_path):
+    from PIL import Image
+
+    from dcd_ext.teachers import load_teacher
+    from dcd_ext.teachers.vilt import build_tiny_vilt
+
+    teacher_dir = build_tiny_vilt(tmp_path / "vilt", vocabulary(), image_size=32, patch_size=16, hidden=32,
+                                  layers=1, heads=2, seed=1)
+    query = gallery["captions"][4]
+    base = ["--index", gallery["image_index"], "--text", query, "--k", "5"]
+    student_hits = run_search(base, tmp_path)["queries"][0]["results"]
+    reranked = run_search(base + ["--teacher-kind", "vilt", "--teacher", str(teacher_dir), "--rerank-depth", "5"],
+                          tmp_path)["queries"][0]["results"]
+    assert sorted(h["id"] for h in reranked) == sorted(h["id"] for h in student_hits)
+    teacher = load_teacher("vilt", teacher_dir)
+    images = [Image.open(gallery["paths"][h["id"] - ID_OFFSET]).convert("RGB") for h in reranked]
+    expected = teacher.score(images, [query] * len(images))
+    got = torch.tensor([h["teacher_score"] for h in reranked])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got[:-1] >= got[1:]).all()
+    student_score = {h["id"]: h["student_score"] for h in student_hits}
+    assert all(abs(h["student_score"] - student_score[h["id"]]) < 1e-6 for h in reranked)
+
+
+def test_clear_errors(gallery, tmp_path):
+    missing = str(tmp_path / "nope.idx")
+    with pytest.raises(FileNotFoundError, match="nope.idx"):
+        search_cli.main(["--index", missing, "--text", "a red circle"])
+    with pytest.raises(ValueError, match=r"index: .*captions\.idx holds text embeddings"):
+        search_cli.main(["--index", gallery["text_index"], "--text", "a red circle"])
+    with pytest.raises(ValueError, match=r"images\.idx holds image embeddings.*--image"):
+        search_cli.main(["--index", gallery["image_index"], "--image", gallery["paths"][0]])
+    narrow = str(tmp_path / "narrow")
+    save_student(build_small_student(captions=vocabulary(), image_size=32, width=64, embed_dim=16,
+                                     image_channels=[8, 16, 32], text_layers=1, heads=2), narrow)
+    with pytest.raises(ValueError, match=r"student: .*narrow embeds to width 16.*width 32"):
+        search_cli.main(["--index", gallery["image_index"], "--student", narrow, "--text", "a red circle"])
+    with pytest.raises(ValueError, match="rerank_depth"):
+        search_cli.main(["--index", gallery["image_index"], "--text", "x", "--rerank-depth", "3"])
+    not_an_index = tmp_path / "garbage.idx"
+    not_an_index.write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="garbage.idx"):
+        search_cli.main(["--index", str(not_an_index), "--text", "x"])
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        index_cli.main(["--student", gallery["student_dir"], "--images", str(tmp_path / "no_such_folder"),
+                        "--out", str(tmp_path / "x.idx")])
+
+
+def test_speed_tiny_report(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    speed_cli.main(["--tiny", "--teachers", "vilt,meter", "--gallery-measured", "3", "--gallery", "400",
+                    "--queries", "1", "--k", "4", "--json", str(out)])
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "| teacher | G |" in printed and "400 (extrapolated)" in printed and "3 (measured)" in printed
+    assert report["gallery"] == 400 and report["gallery_measured"] == 3 and report["k"] == 4
+    assert "extrapolated linearly to 400" in report["extrapolation"]
+    assert "scaled to k = 4" in report["extrapolation"]
+    assert [r["teacher"] for r in report["results"]] == ["vilt", "meter"]
+    for result in report["results"]:
+        measured, large = result["rows"]
+        assert not measured["extrapolated"] and large["extrapolated"] and large["gallery"] == 400
+        per_pair = result["measured"]["teacher"]["joint_ms_per_pair"]
+        text_ms = result["measured"]["teacher"]["text_encode_ms_per_query"]
+        assert large["teacher_all_pairs_ms_per_query"] == pytest.approx(text_ms + 400 * per_pair)
+        assert large["speedup_student"] == pytest.approx(large["teacher_all_pairs_ms_per_query"]
+                                                         / large["student_ms_per_query"])
+        assert large["student_rerank_ms_per_query"] > large["student_ms_per_query"] > 0
+        assert isinstance(result["meets_target"], bool)
