@@ -21,17 +21,28 @@ def run(benchmark, fn, rounds: int = 3):
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM). Unlike ru_maxrss it is not inherited from the parent
+    of a fork + exec, so a subprocess started by a large pytest process measures only itself."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 PEAK_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     sys.path.insert(0, {bench_dir!r})
     import {module} as m
+    from bench_utils import peak_rss_kib
     setup = getattr(m, {setup!r})
     args = json.loads(sys.argv[1])
     setup(*json.loads(sys.argv[2]))()  # warm-up at a small size: allocator, BLAS buffers, lazy imports
     fn = setup(*args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     print(json.dumps({{"peak_extra_mib": (after - before) / 1024}}))
 """)
 
