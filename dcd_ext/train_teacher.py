@@ -16,7 +16,7 @@ import sys
 import torch
 
 from .teachers import TEACHER_KINDS, finetune_teacher, load_teacher
-from .teachers.caption_table import read_caption_table
+from .data.pairs_file import load_pairs_file
 
 DEFAULT_LR = {"vilt": 1e-4, "meter": 5e-6}  # the authors' fine-tuning learning rates
 
@@ -50,12 +50,12 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # dropout
 
-    table = read_caption_table(args.data, args.image_root)
-    images = table.load_images()
+    table = load_pairs_file(args.data, args.image_root)
+    images = table.load_images(range(table.num_images))
     teacher = load_teacher(args.teacher_kind, args.teacher, tokenizer=args.tokenizer, device=device, bf16=args.bf16)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.teacher_kind]
     losses = finetune_teacher(
-        teacher, images, table.captions, table.image_index, epochs=args.epochs, batch_size=args.batch_size,
+        teacher, images, table.captions, table.caption_image, epochs=args.epochs, batch_size=args.batch_size,
         n_negatives=args.negatives, lr=lr, weight_decay=args.weight_decay, warmup=args.warmup,
         seed=args.seed, progress=not args.no_progress,
     )
