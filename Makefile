@@ -24,10 +24,10 @@ setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install "setuptools>=69" wheel ninja==1.13.2
 	$(PIP) install --no-build-isolation ".[test]"
-	cd python_tests && $(PYTHON) -m dcd_ext.info  # not from the root, where ./dcd_ext would shadow the install
+	$(PYTHON) -P -m dcd_ext.info  # -P: the source tree ./dcd_ext must not shadow the installed package
 
 demo: setup
-	$(PYTHON) -m dcd_ext.train
+	$(PYTHON) -P -m dcd_ext.train
 
 test: setup test-cpp test-python test-bench
 
