@@ -1,0 +1,241 @@
+"""Training losses: :class:`DCDLoss` (mining -> teacher scoring -> fused DCD loss) and the contrastive baseline.
+
+Per step, :class:`DCDLoss`
+1. mines, for every image, the k in-batch captions the student ranks highest that are not its own
+   (``similarity_topk`` with image ids masked), and the same for every caption (``mine_by="student"``); or
+   lets the teacher rank a random pool of in-batch negatives per anchor and keeps its top k
+   (``mine_by="teacher"``, the method authors' variant);
+2. has the teacher score [positive, k negatives] for every anchor, each distinct pair once;
+3. calls ``dcd_ext.ops.dynamic_contrastive_loss``. With an embedding queue the contrastive term also
+   sees the queued embeddings as negatives; the candidate terms stay in-batch (the teacher needs the raw
+   image and text of every candidate).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .retrieval import both_way_pairs, score_unique_pairs
+
+KINDS = ("kl", "mse")
+WEIGHTINGS = ("dcd", "entropy", "wsl", "none")
+MINE_BY = ("student", "teacher")
+
+
+def ops():
+    from . import ops as compiled
+    return compiled
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor
+    con: Tensor
+    dist: Optional[Tensor] = None
+    hard: Optional[Tensor] = None
+    i2t_dist_weight: Optional[Tensor] = None
+    i2t_hard_weight: Optional[Tensor] = None
+    t2i_dist_weight: Optional[Tensor] = None
+    t2i_hard_weight: Optional[Tensor] = None
+    teacher_pairs: int = 0
+    teacher_seconds: float = 0.0
+
+
+class EmbeddingQueue:
+    """The most recent ``size`` (image, text, image id) embeddings, detached; oldest out first."""
+
+    def __init__(self, size: int):
+        if size < 0:
+            raise ValueError(f"queue_size must be >= 0; got {size}")
+        self.size = size
+        self.img: Optional[Tensor] = None
+        self.txt: Optional[Tensor] = None
+        self.ids: Optional[Tensor] = None
+
+    def __len__(self) -> int:
+        return 0 if self.ids is None else self.ids.numel()
+
+    def push(self, img: Tensor, txt: Tensor, ids: Tensor) -> None:
+        if self.size == 0:
+            return
+        img, txt, ids = img.detach(), txt.detach(), ids.detach()
+        if self.ids is not None:
+            img, txt, ids = torch.cat([img, self.img]), torch.cat([txt, self.txt]), torch.cat([ids, self.ids])
+        self.img, self.txt, self.ids = img[: self.size], txt[: self.size], ids[: self.size]
+
+
+def contrastive_with_queue(img: Tensor, txt: Tensor, logit_scale: Tensor, ids: Tensor,
+                           queue: EmbeddingQueue) -> Tensor:
+    """In-batch InfoNCE whose denominators also hold the queue; queued rows and columns carry no term."""
+    if len(queue) == 0:
+        return ops().contrastive_loss(img, txt, logit_scale, img_ids=ids, txt_ids=ids)
+    b, q = img.shape[0], len(queue)
+    pos = torch.cat([torch.arange(b, device=img.device), torch.full((q,), -1, dtype=torch.int64, device=img.device)])
+    all_ids = torch.cat([ids, queue.ids])
+    return ops().contrastive_loss(torch.cat([img, queue.img.to(img.dtype)]), torch.cat([txt, queue.txt.to(txt.dtype)]),
+                                  logit_scale, pos_row=pos, pos_col=pos, img_ids=all_ids, txt_ids=all_ids)
+
+
+class ContrastiveLoss(nn.Module):
+    """The baseline: bidirectional InfoNCE with image-id masking (and the optional queue)."""
+
+    def __init__(self, queue_size: int = 0):
+        super().__init__()
+        self.queue = EmbeddingQueue(queue_size)
+
+    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images=None,
+                texts=None) -> LossOutput:
+        con = contrastive_with_queue(img, txt, logit_scale, image_ids, self.queue)
+        self.queue.push(img, txt, image_ids)
+        return LossOutput(con, con)
+
+
+def mine_candidates(img: Tensor, txt: Tensor, k: int, image_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Candidate lists [B, k+1] both ways, the positive (row's own pair) first, then the k most similar
+    captions of other images (``i2t``) and the k most similar other images (``t2i``), -1 padded."""
+    rows = torch.arange(img.shape[0], device=img.device).view(-1, 1)
+    i2t = torch.cat([rows, ops().similarity_topk(img, txt, k, image_ids, image_ids)[1]], dim=1)
+    t2i = torch.cat([rows, ops().similarity_topk(txt, img, k, image_ids, image_ids)[1]], dim=1)
+    return i2t, t2i
+
+
+class CrossEncoderTrainingLoss(nn.Module):
+    """Trains a cross-encoder the ALBEF way: image-text contrastive learning on its unimodal passes plus its
+    listwise ranking loss over [positive + k hard negatives], mined in-batch by that contrastive similarity.
+
+    The student passed to the training loop is the teacher's own transformer run one modality at a time
+    (see :mod:`dcd_ext.students.vilt_towers`), so both terms train the same weights; the rank head, which
+    only the joint pass uses, is registered here so that it trains and is checkpointed too. The ranking
+    cross-entropy is reported as ``hard``.
+    """
+
+    def __init__(self, teacher, rank_head: nn.Module, k: int = 7):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be at least 1; got {k}")
+        self.teacher, self.rank_head, self.k = teacher, rank_head, k
+
+    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
+        con = ops().contrastive_loss(img, txt, logit_scale, img_ids=image_ids, txt_ids=image_ids)
+        i2t, t2i = mine_candidates(img.detach(), txt.detach(), self.k, image_ids)
+        pairs = both_way_pairs(i2t, t2i)
+        valid = (pairs >= 0).all(dim=1)
+        logits = torch.full((pairs.shape[0],), float("-inf"), device=img.device)
+        logits = logits.masked_scatter(valid, self.teacher.pair_logits(images, texts, pairs[valid].cpu()).to(img.device))
+        target = torch.zeros(img.shape[0], dtype=torch.int64, device=img.device)
+        n = i2t.numel()
+        rank = 0.5 * (F.cross_entropy(logits[:n].view_as(i2t), target) + F.cross_entropy(logits[n:].view_as(t2i), target))
+        return LossOutput(con + rank, con, hard=rank, teacher_pairs=int(valid.sum()))
+
+
+def first_row_of_id(ids: Tensor) -> Tensor:
+    """For each row, the first row holding the same id (rows showing one image share its teacher work)."""
+    same = ids.view(-1, 1) == ids.view(1, -1)
+    return same.to(torch.int64).argmax(dim=1)
+
+
+class DCDLoss(nn.Module):
+    def __init__(self, teacher, k: int = 7, alpha: float = 0.2, temperature: float = 1.0, kind: str = "kl",
+                 weighting: str = "dcd", con_weight: float = 1.0, mine_by: str = "student",
+                 teacher_pool: int = 32, queue_size: int = 0, seed: int = 0):
+        super().__init__()
+        if teacher is None:
+            raise ValueError("teacher: DCDLoss needs a teacher with score_pairs(images, texts, pairs)")
+        if k < 1:
+            raise ValueError(f"k must be at least 1; got {k}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive; got {temperature}")
+        for name, value, allowed in (("kind", kind, KINDS), ("weighting", weighting, WEIGHTINGS),
+                                     ("mine_by", mine_by, MINE_BY)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if mine_by == "teacher" and teacher_pool < k:
+            raise ValueError(f"teacher_pool ({teacher_pool}) must be at least k ({k})")
+        self.teacher = teacher
+        self.k, self.alpha, self.temperature, self.kind = k, alpha, temperature, kind
+        self.weighting, self.con_weight, self.mine_by, self.teacher_pool = weighting, con_weight, mine_by, teacher_pool
+        self.queue = EmbeddingQueue(queue_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.teacher_pairs = 0  # distinct pairs the teacher scored in the last step
+
+    def teacher_scores(self, pairs: Tensor, image_ids: Tensor, images, texts) -> Tensor:
+        """Teacher scores of (batch row, batch column) pairs; -inf where the pair holds -1."""
+        canonical = first_row_of_id(image_ids)
+        pairs = torch.stack([torch.where(pairs[:, 0] >= 0, canonical[pairs[:, 0].clamp_min(0)], pairs[:, 0]),
+                             pairs[:, 1]], dim=1)
+        def score(unique: Tensor) -> Tensor:
+            self.teacher_pairs += unique.shape[0]
+            return self.teacher.score_pairs(images, texts, unique.cpu())
+
+        return score_unique_pairs(score, pairs)
+
+    def mine_by_student(self, img: Tensor, txt: Tensor, image_ids: Tensor, images, texts):
+        i2t, t2i = mine_candidates(img, txt, self.k, image_ids)
+        scores = self.teacher_scores(both_way_pairs(i2t, t2i), image_ids, images, texts)
+        n = i2t.numel()
+        return i2t, scores[:n].view_as(i2t), t2i, scores[n:].view_as(t2i)
+
+    def random_pool(self, image_ids: Tensor) -> Tensor:
+        """[B, pool] random in-batch negatives per anchor (never a row of the same image), -1 padded."""
+        b = image_ids.numel()
+        pool = min(self.teacher_pool, b - 1)
+        keys = torch.rand(b, b, generator=self.generator).to(image_ids.device)
+        same = image_ids.view(-1, 1) == image_ids.view(1, -1)
+        keys = keys.masked_fill(same, -1.0)
+        values, index = keys.topk(pool, dim=1)
+        return index.masked_fill(values < 0, -1)
+
+    def mine_by_teacher(self, img: Tensor, image_ids: Tensor, images, texts):
+        rows = torch.arange(img.shape[0], device=img.device).view(-1, 1)
+        i2t_pool = torch.cat([rows, self.random_pool(image_ids)], dim=1)
+        t2i_pool = torch.cat([rows, self.random_pool(image_ids)], dim=1)
+        scores = self.teacher_scores(both_way_pairs(i2t_pool, t2i_pool), image_ids, images, texts)
+        n = i2t_pool.numel()
+
+        def keep_top(pool: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+            k = min(self.k, pool.shape[1] - 1)
+            top_s, top_i = s[:, 1:].topk(k, dim=1)  # absent slots score -inf and sort last
+            cand = torch.gather(pool[:, 1:], 1, top_i).masked_fill(top_s == float("-inf"), -1)
+            return torch.cat([pool[:, :1], cand], dim=1), torch.cat([s[:, :1], top_s], dim=1)
+
+        i2t, i2t_t = keep_top(i2t_pool, scores[:n].view_as(i2t_pool))
+        t2i, t2i_t = keep_top(t2i_pool, scores[n:].view_as(t2i_pool))
+        return i2t, i2t_t, t2i, t2i_t
+
+    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
+        """``img``/``txt`` [B, D] L2-normalised embeddings of row i's image and caption; ``images``/``texts``
+        the raw batch the teacher reads; ``image_ids`` [B] mark rows showing the same image."""
+        if img.shape[0] < 2:
+            raise ValueError(f"img: a DCD step needs a batch of at least 2; got {img.shape[0]}")
+        start, self.teacher_pairs = time.perf_counter(), 0
+        with torch.no_grad():
+            a, t = img.detach(), txt.detach()
+            if self.mine_by == "student":
+                i2t, i2t_t, t2i, t2i_t = self.mine_by_student(a, t, image_ids, images, texts)
+            else:
+                i2t, i2t_t, t2i, t2i_t = self.mine_by_teacher(a, image_ids, images, texts)
+            # absent candidates carry -inf; the op ignores their teacher value, but it must be finite
+            i2t_t = i2t_t.masked_fill(i2t < 0, 0.0)
+            t2i_t = t2i_t.masked_fill(t2i < 0, 0.0)
+        teacher_seconds = time.perf_counter() - start
+        pairs = self.teacher_pairs
+        if len(self.queue) == 0:
+            out = ops().dynamic_contrastive_loss(img, txt, logit_scale, i2t, i2t_t, t2i, t2i_t, image_ids,
+                                                 image_ids, self.alpha, self.temperature, self.kind,
+                                                 self.weighting, self.con_weight)
+            result = LossOutput(*out, teacher_pairs=pairs, teacher_seconds=teacher_seconds)
+        else:
+            con = contrastive_with_queue(img, txt, logit_scale, image_ids, self.queue)
+            a2b = ops().distill_loss(img, txt, i2t, i2t_t, logit_scale, self.temperature, self.kind, self.weighting)
+            b2a = ops().distill_loss(txt, img, t2i, t2i_t, logit_scale, self.temperature, self.kind, self.weighting)
+            dist, hard = 0.5 * (a2b[0] + b2a[0]), 0.5 * (a2b[1] + b2a[1])
+            loss = self.con_weight * con + self.alpha * dist + (1 - self.alpha) * hard
+            result = LossOutput(loss, con, dist, hard, a2b[2], a2b[3], b2a[2], b2a[3], pairs, teacher_seconds)
+        self.queue.push(img, txt, image_ids)
+        return result

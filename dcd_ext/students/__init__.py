@@ -1,0 +1,11 @@
+"""Dual-encoder students: small configurable towers, or towers initialised from a ViLT or METER teacher."""
+
+from .dual_encoder import DualEncoder, StudentConfig
+from .factory import (build_meter_student, build_small_student, build_vilt_student, is_student_folder,
+                      load_student, save_student)
+from .tokenizer import WordTokenizer, build_vocab
+from .transforms import ImageTransform
+
+__all__ = ["DualEncoder", "ImageTransform", "StudentConfig", "WordTokenizer", "build_meter_student",
+           "build_small_student", "build_vilt_student", "build_vocab", "is_student_folder", "load_student",
+           "save_student"]

@@ -1,0 +1,103 @@
+"""Turning parsed flags into the pieces of a run: device, data splits, teacher, student, loss, settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import torch
+
+from ..data import EmptySplitError, RetrievalSet, load_split
+from ..losses import ContrastiveLoss, DCDLoss
+from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
+                        is_student_folder, load_student)
+from .loop import TrainSettings
+from .run_dir import get_logger
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device: not a device name: {spec!r} (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {spec} was asked for but CUDA is not available")
+    return device
+
+
+def teacher_kind(path: str, kind: str = "auto") -> str:
+    """auto: a Hugging Face folder (config.json) is ViLT; a checkpoint file or a folder of one is METER."""
+    if kind != "auto":
+        return kind
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher: not found: {path}")
+    return "vilt" if os.path.isfile(os.path.join(path, "config.json")) else "meter"
+
+
+def load_teacher_from_args(args: argparse.Namespace, device: torch.device):
+    from ..teachers import load_teacher
+
+    return load_teacher(teacher_kind(args.teacher, args.teacher_kind), args.teacher,
+                        tokenizer=args.teacher_tokenizer, device=device, micro_batch_size=args.teacher_batch_size)
+
+
+def optional_split(data: str, images: Optional[str], split: str, max_captions: int) -> Optional[RetrievalSet]:
+    """A validation split if the data has one; None (logged) if not."""
+    if split == "none":
+        return None
+    try:
+        return load_split(data, images, split, max_captions)
+    except EmptySplitError as e:
+        get_logger().info(f"no per-epoch validation: {e}")
+        return None
+
+
+def load_data_from_args(args: argparse.Namespace) -> tuple[RetrievalSet, Optional[RetrievalSet], RetrievalSet]:
+    """(train, val or None, eval) splits as the flags describe."""
+    keys = {"image_key": args.image_key, "caption_key": args.caption_key}
+    train = load_split(args.data, args.images, args.train_split, all_rows_without_split_column=True, **keys)
+    eval_data = args.eval_data or args.data
+    try:
+        test = load_split(eval_data, args.images, args.eval_split, args.max_eval_captions,
+                          all_rows_without_split_column=args.eval_data is not None, **keys)
+    except EmptySplitError as e:
+        raise ValueError(f"eval_split: {e}; pass --eval-data with a separate evaluation file") from None
+    val = optional_split(args.data, args.images, args.val_split, args.max_eval_captions)
+    return train, val, test
+
+
+def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> DualEncoder:
+    spec = args.student
+    if spec == "small":
+        return build_small_student(train.captions, embed_dim=args.embed_dim, image_size=args.image_size,
+                                   width=args.student_width, text_layers=args.student_layers)
+    if spec == "teacher":
+        kind = teacher_kind(args.teacher, args.teacher_kind)
+        if kind == "vilt":
+            return build_vilt_student(args.teacher, embed_dim=args.embed_dim)
+        if os.path.isdir(args.teacher):
+            raise ValueError("student: --student teacher needs the METER checkpoint file as --teacher")
+        tokenizer = args.teacher_tokenizer or os.path.dirname(os.path.abspath(args.teacher))
+        return build_meter_student(args.teacher, tokenizer, embed_dim=args.embed_dim)
+    if os.path.isdir(spec) and is_student_folder(spec):
+        return load_student(spec).train()
+    raise ValueError(f"student: expected 'small', 'teacher' or a saved student folder; got {spec!r}")
+
+
+def make_loss(args: argparse.Namespace, teacher) -> torch.nn.Module:
+    if args.loss == "contrastive":
+        return ContrastiveLoss(args.queue_size)
+    return DCDLoss(teacher, k=args.k, alpha=args.alpha, temperature=args.temperature, kind=args.distill_kind,
+                   weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
+                   teacher_pool=args.teacher_pool, queue_size=args.queue_size, seed=args.seed)
+
+
+def settings_from_args(args: argparse.Namespace, device: torch.device) -> TrainSettings:
+    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup=args.warmup, grad_clip=args.grad_clip, precision=args.precision, device=device,
+                         seed=args.seed, log_every=args.log_every, workers=args.workers,
+                         keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+                         eval_batch_size=args.eval_batch_size)

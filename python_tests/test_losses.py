@@ -1,0 +1,222 @@
+"""DCDLoss and the contrastive baseline (compiled ops) against the plain-PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcd_ext import reference
+from dcd_ext.losses import ContrastiveLoss, DCDLoss, EmbeddingQueue
+from train_fixtures import FakeTeacher
+
+IDS = torch.tensor([0, 1, 2, 2, 3, 4, 5, 5, 6, 7])  # rows 2/3 and 6/7 show the same image
+
+
+def batch(seed: int = 0, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    per_image = F.normalize(torch.randn(int(IDS.max()) + 1, dim, generator=g), dim=1)
+    img = per_image[IDS].clone().requires_grad_(True)  # one image, one embedding
+    txt = F.normalize(torch.randn(len(IDS), dim, generator=g), dim=1).requires_grad_(True)
+    scale = torch.tensor(7.5, requires_grad=True)
+    return img, txt, scale
+
+
+def teacher_for_rows(seed: int = 0) -> FakeTeacher:
+    """Images are given as their image ids, texts as their row numbers."""
+    return FakeTeacher(int(IDS.max()) + 1, len(IDS), seed=seed)
+
+
+def teacher_table(teacher: FakeTeacher, cand: torch.Tensor, i2t: bool) -> torch.Tensor:
+    out = torch.zeros(cand.shape, dtype=torch.float32)
+    for r in range(cand.shape[0]):
+        for m in range(cand.shape[1]):
+            c = int(cand[r, m])
+            if c >= 0:
+                out[r, m] = teacher.true_score(int(IDS[r]), c) if i2t else teacher.true_score(int(IDS[c]), r)
+    return out
+
+
+def grads(loss, *tensors):
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize("kind,weighting,alpha,k", [("kl", "dcd", 0.2, 3), ("mse", "entropy", 0.5, 4),
+                                                    ("kl", "wsl", 1.0, 9), ("kl", "none", 0.0, 2)])
+def test_dcd_loss_mined_by_the_student_matches_the_reference(kind, weighting, alpha, k):
+    img, txt, scale = batch()
+    teacher = teacher_for_rows()
+    loss_fn = DCDLoss(teacher, k=k, alpha=alpha, temperature=2.0, kind=kind, weighting=weighting, con_weight=0.7)
+    out = loss_fn(img, txt, scale, IDS, IDS.tolist(), list(range(len(IDS))))
+
+    rows = torch.arange(len(IDS)).view(-1, 1)
+    i2t = torch.cat([rows, reference.similarity_topk(img.detach(), txt.detach(), k, IDS, IDS)[1]], dim=1)
+    t2i = torch.cat([rows, reference.similarity_topk(txt.detach(), img.detach(), k, IDS, IDS)[1]], dim=1)
+    for r in range(len(IDS)):  # never a caption or image of the row's own image
+        assert all(int(IDS[r]) != int(IDS[c]) for c in i2t[r, 1:] if c >= 0)
+        assert all(int(IDS[r]) != int(IDS[c]) for c in t2i[r, 1:] if c >= 0)
+    expected = reference.dynamic_contrastive_loss(
+        img, txt, scale, i2t, teacher_table(teacher, i2t, True), t2i, teacher_table(teacher, t2i, False),
+        IDS, IDS, alpha=alpha, temperature=2.0, kind=kind, weighting=weighting, con_weight=0.7)
+    for name in ("loss", "con", "dist", "hard", "i2t_dist_weight", "t2i_hard_weight"):
+        torch.testing.assert_close(getattr(out, name), getattr(expected, name), rtol=1e-4, atol=1e-5, msg=name)
+    for got, ref in zip(grads(out.loss, img, txt, scale), grads(expected.loss, img, txt, scale)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+    # each distinct (image, caption) pair is scored once, whichever rows and directions share it
+    distinct = {(int(IDS[r]), int(c)) for r in range(len(IDS)) for c in i2t[r] if c >= 0}
+    distinct |= {(int(IDS[c]), r) for r in range(len(IDS)) for c in t2i[r] if c >= 0}
+    assert out.teacher_pairs == len(distinct) == sum(teacher.calls)
+
+
+def test_teacher_mining_keeps_the_teacher_top_k_of_each_pool():
+    img, txt, scale = batch(1)
+    teacher = teacher_for_rows(2)
+    loss_fn = DCDLoss(teacher, k=2, mine_by="teacher", teacher_pool=4)
+    pools = iter([torch.tensor([[1, 4, 5, -1]] * 5 + [[0, 1, 2, 3]] * 5),     # image anchors' caption pools
+                  torch.tensor([[8, 9, 0, 1]] * 5 + [[0, 1, 2, 3]] * 5)])     # caption anchors' image pools
+    loss_fn.random_pool = lambda ids: next(pools)
+    out = loss_fn(img, txt, scale, IDS, IDS.tolist(), list(range(len(IDS))))
+
+    def top_of(pool_rows, i2t):
+        cand = []
+        for r, pool in enumerate(pool_rows.tolist()):
+            scored = [(teacher.true_score(int(IDS[r]), c) if i2t else teacher.true_score(int(IDS[c]), r), c)
+                      for c in pool if c >= 0]
+            best = [c for _, c in sorted(scored, key=lambda sc: -sc[0])[:2]]
+            cand.append([r] + best + [-1] * (2 - len(best)))
+        return torch.tensor(cand)
+
+    i2t = top_of(torch.tensor([[1, 4, 5, -1]] * 5 + [[0, 1, 2, 3]] * 5), True)
+    t2i = top_of(torch.tensor([[8, 9, 0, 1]] * 5 + [[0, 1, 2, 3]] * 5), False)
+    expected = reference.dynamic_contrastive_loss(img, txt, scale, i2t, teacher_table(teacher, i2t, True),
+                                                  t2i, teacher_table(teacher, t2i, False), IDS, IDS)
+    torch.testing.assert_close(out.loss, expected.loss, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.dist, expected.dist, rtol=1e-4, atol=1e-5)
+
+
+def test_random_pools_never_hold_the_anchor_image():
+    loss_fn = DCDLoss(teacher_for_rows(), k=2, mine_by="teacher", teacher_pool=8, seed=3)
+    pool = loss_fn.random_pool(IDS)
+    assert pool.shape == (10, 8)
+    for r in range(10):
+        members = [int(c) for c in pool[r] if c >= 0]
+        allowed = sum(int(IDS[c] != IDS[r]) for c in range(10))
+        assert len(members) == len(set(members)) == min(8, allowed)
+        assert all(IDS[c] != IDS[r] for c in members)
+
+
+def test_queue_extends_only_the_contrastive_negatives():
+    teacher = teacher_for_rows()
+    loss_fn = DCDLoss(teacher, k=3, queue_size=6)
+    first_img, first_txt, scale = batch(0)
+    loss_fn(first_img, first_txt, scale, IDS, IDS.tolist(), list(range(10)))
+    assert len(loss_fn.queue) == 6
+    img, txt, _ = batch(5)
+    out = loss_fn(img, txt, scale, IDS, IDS.tolist(), list(range(10)))
+
+    q_img, q_txt, q_ids = first_img.detach()[:6], first_txt.detach()[:6], IDS[:6]
+    pos = torch.cat([torch.arange(10), torch.full((6,), -1)])
+    con = reference.contrastive_loss(torch.cat([img, q_img]), torch.cat([txt, q_txt]), scale, pos_row=pos,
+                                     pos_col=pos, img_ids=torch.cat([IDS, q_ids]), txt_ids=torch.cat([IDS, q_ids]))
+    rows = torch.arange(10).view(-1, 1)
+    i2t = torch.cat([rows, reference.similarity_topk(img.detach(), txt.detach(), 3, IDS, IDS)[1]], dim=1)
+    t2i = torch.cat([rows, reference.similarity_topk(txt.detach(), img.detach(), 3, IDS, IDS)[1]], dim=1)
+    a = reference.distill_loss(img, txt, i2t, teacher_table(teacher, i2t, True), scale)
+    b = reference.distill_loss(txt, img, t2i, teacher_table(teacher, t2i, False), scale)
+    expected = con + 0.2 * 0.5 * (a.dist + b.dist) + 0.8 * 0.5 * (a.hard + b.hard)
+    torch.testing.assert_close(out.con, con, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
+    for got, ref in zip(grads(out.loss, img, txt, scale), grads(expected, img, txt, scale)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    # newest first, oldest dropped
+    torch.testing.assert_close(loss_fn.queue.img, img.detach()[:6])
+
+
+def test_contrastive_baseline_matches_the_reference():
+    img, txt, scale = batch(4)
+    out = ContrastiveLoss()(img, txt, scale, IDS)
+    expected = reference.contrastive_loss(img, txt, scale, img_ids=IDS, txt_ids=IDS)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    assert out.dist is None and out.teacher_pairs == 0
+    for got, ref in zip(grads(out.loss, img, txt, scale), grads(expected, img, txt, scale)):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_queue_keeps_the_most_recent_rows():
+    queue = EmbeddingQueue(5)
+    for step in range(3):
+        queue.push(torch.full((2, 1), float(step)), torch.full((2, 1), float(step)), torch.tensor([step, step]))
+    assert queue.img.view(-1).tolist() == [2, 2, 1, 1, 0] and queue.ids.tolist() == [2, 2, 1, 1, 0]
+    empty = EmbeddingQueue(0)
+    empty.push(torch.ones(2, 1), torch.ones(2, 1), torch.tensor([0, 1]))
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="queue_size"):
+        EmbeddingQueue(-1)
+
+
+def test_dcd_loss_rejects_bad_options():
+    teacher = teacher_for_rows()
+    with pytest.raises(ValueError, match="teacher"):
+        DCDLoss(None)
+    with pytest.raises(ValueError, match="k must be"):
+        DCDLoss(teacher, k=0)
+    with pytest.raises(ValueError, match="alpha"):
+        DCDLoss(teacher, alpha=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        DCDLoss(teacher, temperature=0.0)
+    with pytest.raises(ValueError, match="kind must be one of kl, mse"):
+        DCDLoss(teacher, kind="l1")
+    with pytest.raises(ValueError, match="weighting"):
+        DCDLoss(teacher, weighting="focal")
+    with pytest.raises(ValueError, match="mine_by"):
+        DCDLoss(teacher, mine_by="random")
+    with pytest.raises(ValueError, match="teacher_pool"):
+        DCDLoss(teacher, k=8, mine_by="teacher", teacher_pool=4)
+    img, txt, scale = batch()
+    with pytest.raises(ValueError, match="at least 2"):
+        DCDLoss(teacher)(img[:1], txt[:1], scale, IDS[:1], [0], [0])
+
+
+class LearnableTeacher(torch.nn.Module):
+    """pair_logits = <w * img_vec[image], txt_vec[text]>: differentiable in w, the 'rank head'."""
+
+    def __init__(self, base: FakeTeacher):
+        super().__init__()
+        self.base = base
+        self.w = torch.nn.Parameter(torch.linspace(0.5, 1.5, base.img_vec.shape[1]))
+
+    def pair_logits(self, images, texts, pairs):
+        ik = torch.tensor([images[i] for i in pairs[:, 0].tolist()])
+        return (self.base.img_vec[ik] * self.w * self.base.txt_vec[pairs[:, 1]]).sum(1)
+
+
+def test_cross_encoder_training_loss_ranks_mined_candidates():
+    from dcd_ext.losses import CrossEncoderTrainingLoss
+    img, txt, scale = batch(2)
+    teacher = LearnableTeacher(teacher_for_rows(4))
+    loss_fn = CrossEncoderTrainingLoss(teacher, teacher, k=3)
+    assert [p for p in loss_fn.parameters()] == [teacher.w]
+    out = loss_fn(img, txt, scale, IDS, IDS.tolist(), list(range(10)))
+
+    rows = torch.arange(10).view(-1, 1)
+    i2t = torch.cat([rows, reference.similarity_topk(img.detach(), txt.detach(), 3, IDS, IDS)[1]], dim=1)
+    t2i = torch.cat([rows, reference.similarity_topk(txt.detach(), img.detach(), 3, IDS, IDS)[1]], dim=1)
+
+    def logits(cand, i2t_side):
+        out = torch.full(cand.shape, float("-inf"))
+        for r in range(10):
+            for m in range(cand.shape[1]):
+                c = int(cand[r, m])
+                if c >= 0:
+                    image, text = (int(IDS[r]), c) if i2t_side else (int(IDS[c]), r)
+                    out[r, m] = (teacher.base.img_vec[image] * teacher.w * teacher.base.txt_vec[text]).sum()
+        return out
+
+    zero = torch.zeros(10, dtype=torch.int64)
+    rank = 0.5 * (F.cross_entropy(logits(i2t, True), zero) + F.cross_entropy(logits(t2i, False), zero))
+    con = reference.contrastive_loss(img, txt, scale, img_ids=IDS, txt_ids=IDS)
+    torch.testing.assert_close(out.hard, rank, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, con + rank, rtol=1e-5, atol=1e-6)
+    (grad_w,) = torch.autograd.grad(out.loss, [teacher.w])
+    torch.testing.assert_close(grad_w, torch.autograd.grad(rank, [teacher.w])[0], rtol=1e-5, atol=1e-6)
