@@ -150,3 +150,12 @@ def test_meter_student_uses_the_teacher_unimodal_encoders(tmp_path, scenes):
     with torch.no_grad():
         torch.testing.assert_close(again.encode_text(ids, mask), student.encode_text(ids, mask))
         torch.testing.assert_close(again.encode_image(pixels), student.encode_image(pixels))
+
+
+def test_default_channels_keep_the_flattened_map_small():
+    from dcd_ext.students.small_towers import ConvImageTower, default_channels
+    assert default_channels(224) == [32, 64, 128, 256, 256]  # 7 x 7 at the end
+    assert default_channels(32) == [32, 64]  # 8 x 8
+    tower = ConvImageTower(224, tuple(default_channels(224)), width=64)
+    assert tower(torch.zeros(1, 3, 224, 224)).shape == (1, 64)
+    assert tower.head[1].in_features == 256 * 7 * 7

@@ -6,6 +6,16 @@ import torch
 from torch import Tensor, nn
 
 
+def default_channels(image_size: int, first: int = 32, widest: int = 256, final_side: int = 8) -> list[int]:
+    """One stage per halving until the map is at most ``final_side`` wide, doubling the width up to ``widest``
+    (224 px: 5 stages to 7 x 7; 32 px: 2 stages to 8 x 8), so the flattened map stays small."""
+    channels, side = [], image_size
+    while side > final_side and side % 2 == 0:
+        channels.append(min(widest, first * 2 ** len(channels)))
+        side //= 2
+    return channels or [first]
+
+
 class ConvImageTower(nn.Module):
     """Strided conv stages, then the whole (flattened) feature map through a linear layer.
 

@@ -12,6 +12,7 @@ from ..data import EmptySplitError, RetrievalSet, load_split
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
                         is_student_folder, load_student)
+from ..students.small_towers import default_channels
 from .loop import TrainSettings
 from .run_dir import get_logger
 
@@ -73,7 +74,8 @@ def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> Du
     spec = args.student
     if spec == "small":
         return build_small_student(train.captions, embed_dim=args.embed_dim, image_size=args.image_size,
-                                   width=args.student_width, text_layers=args.student_layers)
+                                   image_channels=default_channels(args.image_size), width=args.student_width,
+                                   text_layers=args.student_layers)
     if spec == "teacher":
         kind = teacher_kind(args.teacher, args.teacher_kind)
         if kind == "vilt":
