@@ -2,6 +2,7 @@
 // per-anchor math of dcd/candidate_loss.h, and its gradient scattered back to anchors and pool.
 #include <ATen/Parallel.h>
 
+#include <memory>
 #include <vector>
 
 #include "dcd/candidate_loss.h"
@@ -45,13 +46,20 @@ struct DistillView {
     kind = static_cast<DistillKind>(in.kind);
   }
 
-  // dots[m] = <x_i, y_cand[i, m]>, z[m] = scale * dots[m] (0 for absent slots), and row i's validity mask.
-  void row_logits(int64_t i, acc_t* z, acc_t* dots, bool* valid) const {
+  // One anchor's candidates: dots[m] = <x_i, y_cand[i, m]>, z[m] = scale * dots[m] (0 for absent slots)
+  // and the validity mask; one per thread, refilled by load() for each anchor.
+  struct Row {
+    std::vector<acc_t> z, dots;
+    std::unique_ptr<bool[]> valid;
+    explicit Row(int64_t k1) : z(k1), dots(k1), valid(new bool[k1]) {}
+  };
+
+  void load(int64_t i, Row& row) const {
     for (int64_t m = 0; m < k1; ++m) {
       const int64_t c = cand[i * k1 + m];
-      valid[m] = c >= 0;
-      dots[m] = valid[m] ? dot(xp + i * d, yp + c * d, d) : acc_t(0);
-      z[m] = scale * dots[m];
+      row.valid[m] = c >= 0;
+      row.dots[m] = row.valid[m] ? dot(xp + i * d, yp + c * d, d) : acc_t(0);
+      row.z[m] = scale * row.dots[m];
     }
   }
 };
@@ -63,12 +71,11 @@ at::Tensor stats_impl(const DistillInputs& in) {
   auto stats = at::empty({v.n, 4}, v.x.options());
   acc_t* sp = stats.template data_ptr<acc_t>();
   at::parallel_for(0, v.n, 64, [&](int64_t i0, int64_t i1) {
-    std::vector<acc_t> z(v.k1), dots(v.k1);
-    std::vector<char> valid_buf(v.k1);
-    bool* valid = reinterpret_cast<bool*>(valid_buf.data());
+    typename DistillView<acc_t>::Row row(v.k1);
     for (int64_t i = i0; i < i1; ++i) {
-      v.row_logits(i, z.data(), dots.data(), valid);
-      auto r = candidate_row_stats(v.tp + i * v.k1, z.data(), valid, static_cast<int>(v.k1), v.tau, v.kind);
+      v.load(i, row);
+      auto r = candidate_row_stats(v.tp + i * v.k1, row.z.data(), row.valid.get(), static_cast<int>(v.k1), v.tau,
+                                   v.kind);
       sp[i * 4 + 0] = r.dist;
       sp[i * 4 + 1] = r.hard;
       sp[i * 4 + 2] = r.entropy;
@@ -90,20 +97,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_impl(const DistillInputs& in
   acc_t *dzp = dz.template data_ptr<acc_t>(), *dxp = d_anchor.template data_ptr<acc_t>(), *dyp = d_pool.template data_ptr<acc_t>();
   std::vector<acc_t> d_scale_rows(v.n, 0);
   at::parallel_for(0, v.n, 64, [&](int64_t i0, int64_t i1) {
-    std::vector<acc_t> z(v.k1), dots(v.k1);
-    std::vector<char> valid_buf(v.k1);
-    bool* valid = reinterpret_cast<bool*>(valid_buf.data());
+    typename DistillView<acc_t>::Row row(v.k1);
     for (int64_t i = i0; i < i1; ++i) {
-      v.row_logits(i, z.data(), dots.data(), valid);
+      v.load(i, row);
       acc_t* dzi = dzp + i * v.k1;
-      candidate_row_grad(v.tp + i * v.k1, z.data(), valid, static_cast<int>(v.k1), v.tau, v.kind, cd[i], ch[i], dzi);
+      candidate_row_grad(v.tp + i * v.k1, row.z.data(), row.valid.get(), static_cast<int>(v.k1), v.tau, v.kind,
+                         cd[i], ch[i], dzi);
       acc_t ds = 0;
       for (int64_t m = 0; m < v.k1; ++m) {
-        if (!valid[m]) continue;
+        if (!row.valid[m]) continue;
         const acc_t* yc = v.yp + v.cand[i * v.k1 + m] * v.d;
         const acc_t w = v.scale * dzi[m];
         for (int64_t e = 0; e < v.d; ++e) dxp[i * v.d + e] += w * yc[e];
-        ds += dzi[m] * dots[m];
+        ds += dzi[m] * row.dots[m];
       }
       d_scale_rows[i] = ds;
     }

@@ -22,18 +22,23 @@ int main() {
     pos_row[i] = (i * 5) % m;
     pos_col[pos_row[i]] = i;
   }
+  std::vector<double> tile;
+  // tile = c[r0 : r0 + nr, c0 : c0 + nc], row-major with leading dimension nc
+  auto copy_tile = [&](index_t r0, index_t nr, index_t c0, index_t nc) {
+    tile.assign(nr * nc, 0);
+    for (index_t r = 0; r < nr; ++r)
+      for (index_t j = 0; j < nc; ++j) tile[r * nc + j] = c[(r0 + r) * m + c0 + j];
+  };
   for (int with_ids = 0; with_ids < 2; ++with_ids) {
     dcd::PairMask mask{with_ids ? img_ids.data() : nullptr, with_ids ? txt_ids.data() : nullptr, pos_row.data(),
                        pos_col.data()};
     std::vector<dcd::OnlineLSE<double>> rows(n, dcd::OnlineLSE<double>::empty());
-    std::vector<double> col_max(m, -INFINITY), col_sum(m, 0.0), scratch(col_tile), tile;
+    std::vector<double> col_max(m, -INFINITY), col_sum(m, 0.0), scratch(col_tile);
     for (index_t r0 = 0; r0 < n; r0 += row_tile) {
       const index_t nr = std::min(row_tile, n - r0);
       for (index_t c0 = 0; c0 < m; c0 += col_tile) {
         const index_t nc = std::min(col_tile, m - c0);
-        tile.assign(nr * nc, 0);
-        for (index_t r = 0; r < nr; ++r)
-          for (index_t j = 0; j < nc; ++j) tile[r * nc + j] = c[(r0 + r) * m + c0 + j];
+        copy_tile(r0, nr, c0, nc);
         dcd::cpu::contrastive_tile_stats(tile.data(), dcd::cpu::TileGeometry{r0, nr, c0, nc, nc}, scale, mask,
                                          rows.data() + r0, col_max.data() + c0, col_sum.data() + c0, scratch.data());
       }
@@ -72,9 +77,7 @@ int main() {
       const index_t nr = std::min(row_tile, n - r0);
       for (index_t c0 = 0; c0 < m; c0 += col_tile) {
         const index_t nc = std::min(col_tile, m - c0);
-        tile.assign(nr * nc, 0);
-        for (index_t r = 0; r < nr; ++r)
-          for (index_t j = 0; j < nc; ++j) tile[r * nc + j] = c[(r0 + r) * m + c0 + j];
+        copy_tile(r0, nr, c0, nc);
         dscale += dcd::cpu::contrastive_tile_grad(tile.data(), dcd::cpu::TileGeometry{r0, nr, c0, nc, nc}, scale, mask,
                                                   g_r.data(), lr.data(), g_c.data(), lc.data(), hits);
         for (index_t r = 0; r < nr; ++r)
