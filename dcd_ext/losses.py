@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .retrieval import both_way_pairs, score_unique_pairs
+from .distributed import SINGLE, World, gather, gather_with_grad
 
 KINDS = ("kl", "mse")
 WEIGHTINGS = ("dcd", "entropy", "wsl", "none")
@@ -80,17 +81,89 @@ def contrastive_with_queue(img: Tensor, txt: Tensor, logit_scale: Tensor, ids: T
                                   logit_scale, pos_row=pos, pos_col=pos, img_ids=all_ids, txt_ids=all_ids)
 
 
-class ContrastiveLoss(nn.Module):
-    """The baseline: bidirectional InfoNCE with image-id masking (and the optional queue)."""
+def contrastive_term(img: Tensor, txt: Tensor, logit_scale: Tensor, ids: Tensor, queue: EmbeddingQueue,
+                     world: World = SINGLE) -> Tensor:
+    """L_con of this process's rows. In a world of W processes each rank's rows and captions are ranked
+    against the embeddings of every rank (gathered with their gradients) and the queue; the mean of the
+    ranks' values is the global batch's L_con, and its gradient is what data-parallel averaging yields."""
+    if not world.distributed:
+        return contrastive_with_queue(img, txt, logit_scale, ids, queue)
+    cols_img, cols_txt, col_ids = gather_with_grad(img), gather_with_grad(txt), gather(ids)
+    if len(queue):
+        cols_img = torch.cat([cols_img, queue.img.to(img.dtype)])
+        cols_txt = torch.cat([cols_txt, queue.txt.to(txt.dtype)])
+        col_ids = torch.cat([col_ids, queue.ids])
+    b = img.shape[0]
+    rows = world.rank * b + torch.arange(b, device=img.device)
+    no_term = torch.full((col_ids.numel(),), -1, dtype=torch.int64, device=img.device)
+    # a side with no terms contributes 0, so each call is half of this rank's mean row (caption) term
+    i2t = ops().contrastive_loss(img, cols_txt, logit_scale, pos_row=rows, pos_col=no_term, img_ids=ids, txt_ids=col_ids)
+    t2i = ops().contrastive_loss(txt, cols_img, logit_scale, pos_row=rows, pos_col=no_term, img_ids=ids, txt_ids=col_ids)
+    return i2t + t2i
+
+
+class Targets(NamedTuple):
+    """What a step's loss needs besides the embeddings: candidate lists and their teacher logits."""
+    i2t: Optional[Tensor] = None
+    i2t_teacher: Optional[Tensor] = None
+    t2i: Optional[Tensor] = None
+    t2i_teacher: Optional[Tensor] = None
+    teacher_pairs: int = 0
+    teacher_seconds: float = 0.0
+
+
+class StudentLoss(nn.Module):
+    """A loss in three parts, so that a step can mine once and evaluate the loss on embeddings assembled
+    from several micro-batches and processes: :meth:`prepare` (no gradient: mining, teacher scores),
+    :meth:`compute` (differentiable) and :meth:`push` (the queue, after the step)."""
 
     def __init__(self, queue_size: int = 0):
         super().__init__()
         self.queue = EmbeddingQueue(queue_size)
 
+    def prepare(self, img: Tensor, txt: Tensor, image_ids: Tensor, images, texts) -> Targets:
+        return Targets()
+
+    def compute(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, targets: Targets,
+                world: World = SINGLE) -> LossOutput:
+        raise NotImplementedError
+
+    def push(self, img: Tensor, txt: Tensor, image_ids: Tensor, world: World = SINGLE) -> None:
+        """Queue this step's embeddings (every rank's, in a world of several)."""
+        if self.queue.size == 0:
+            return
+        if world.distributed:
+            img, txt, image_ids = gather(img.detach()), gather(txt.detach()), gather(image_ids)
+        self.queue.push(img, txt, image_ids)
+
     def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images=None,
                 texts=None) -> LossOutput:
-        con = contrastive_with_queue(img, txt, logit_scale, image_ids, self.queue)
-        self.queue.push(img, txt, image_ids)
+        targets = self.prepare(img.detach(), txt.detach(), image_ids, images, texts)
+        out = self.compute(img, txt, logit_scale, image_ids, targets)
+        self.push(img, txt, image_ids)
+        return out
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """State a resumed run needs besides the weights (the queue)."""
+        q = self.queue
+        return {} if q.ids is None else {"queue.img": q.img, "queue.txt": q.txt, "queue.ids": q.ids}
+
+    def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        q = self.queue
+        if "queue.ids" in state:
+            device = q.img.device if q.img is not None else None
+            q.img, q.txt, q.ids = (state[f"queue.{k}"].to(device) if device else state[f"queue.{k}"]
+                                   for k in ("img", "txt", "ids"))
+        else:
+            q.img = q.txt = q.ids = None
+
+
+class ContrastiveLoss(StudentLoss):
+    """The baseline: bidirectional InfoNCE with image-id masking (and the optional queue)."""
+
+    def compute(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, targets: Targets,
+                world: World = SINGLE) -> LossOutput:
+        con = contrastive_term(img, txt, logit_scale, image_ids, self.queue, world)
         return LossOutput(con, con)
 
 
@@ -138,11 +211,10 @@ def first_row_of_id(ids: Tensor) -> Tensor:
     return same.to(torch.int64).argmax(dim=1)
 
 
-class DCDLoss(nn.Module):
+class DCDLoss(StudentLoss):
     def __init__(self, teacher, k: int = 7, alpha: float = 0.2, temperature: float = 1.0, kind: str = "kl",
                  weighting: str = "dcd", con_weight: float = 1.0, mine_by: str = "student",
                  teacher_pool: int = 32, queue_size: int = 0, seed: int = 0):
-        super().__init__()
         if teacher is None:
             raise ValueError("teacher: DCDLoss needs a teacher with score_pairs(images, texts, pairs)")
         if k < 1:
@@ -157,10 +229,10 @@ class DCDLoss(nn.Module):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if mine_by == "teacher" and teacher_pool < k:
             raise ValueError(f"teacher_pool ({teacher_pool}) must be at least k ({k})")
+        super().__init__(queue_size)
         self.teacher = teacher
         self.k, self.alpha, self.temperature, self.kind = k, alpha, temperature, kind
         self.weighting, self.con_weight, self.mine_by, self.teacher_pool = weighting, con_weight, mine_by, teacher_pool
-        self.queue = EmbeddingQueue(queue_size)
         self.generator = torch.Generator().manual_seed(seed)
         self.teacher_pairs = 0  # distinct pairs the teacher scored in the last step
 
@@ -208,9 +280,9 @@ class DCDLoss(nn.Module):
         t2i, t2i_t = keep_top(t2i_pool, scores[n:].view_as(t2i_pool))
         return i2t, i2t_t, t2i, t2i_t
 
-    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
-        """``img``/``txt`` [B, D] L2-normalised embeddings of row i's image and caption; ``images``/``texts``
-        the raw batch the teacher reads; ``image_ids`` [B] mark rows showing the same image."""
+    def prepare(self, img: Tensor, txt: Tensor, image_ids: Tensor, images, texts) -> Targets:
+        """Mining and teacher scores for [B, D] L2-normalised embeddings of row i's image and caption;
+        ``images``/``texts`` are the raw batch the teacher reads, ``image_ids`` [B] mark rows of one image."""
         if img.shape[0] < 2:
             raise ValueError(f"img: a DCD step needs a batch of at least 2; got {img.shape[0]}")
         start, self.teacher_pairs = time.perf_counter(), 0
@@ -223,19 +295,29 @@ class DCDLoss(nn.Module):
             # absent candidates carry -inf; the op ignores their teacher value, but it must be finite
             i2t_t = i2t_t.masked_fill(i2t < 0, 0.0)
             t2i_t = t2i_t.masked_fill(t2i < 0, 0.0)
-        teacher_seconds = time.perf_counter() - start
-        pairs = self.teacher_pairs
-        if len(self.queue) == 0:
+        return Targets(i2t, i2t_t, t2i, t2i_t, self.teacher_pairs, time.perf_counter() - start)
+
+    def compute(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, targets: Targets,
+                world: World = SINGLE) -> LossOutput:
+        """The DCD loss; in a world of several processes the contrastive term spans every rank's batch while
+        the candidate terms stay with this rank's rows."""
+        i2t, i2t_t, t2i, t2i_t, pairs, seconds = targets
+        if len(self.queue) == 0 and not world.distributed:
             out = ops().dynamic_contrastive_loss(img, txt, logit_scale, i2t, i2t_t, t2i, t2i_t, image_ids,
                                                  image_ids, self.alpha, self.temperature, self.kind,
                                                  self.weighting, self.con_weight)
-            result = LossOutput(*out, teacher_pairs=pairs, teacher_seconds=teacher_seconds)
-        else:
-            con = contrastive_with_queue(img, txt, logit_scale, image_ids, self.queue)
-            a2b = ops().distill_loss(img, txt, i2t, i2t_t, logit_scale, self.temperature, self.kind, self.weighting)
-            b2a = ops().distill_loss(txt, img, t2i, t2i_t, logit_scale, self.temperature, self.kind, self.weighting)
-            dist, hard = 0.5 * (a2b[0] + b2a[0]), 0.5 * (a2b[1] + b2a[1])
-            loss = self.con_weight * con + self.alpha * dist + (1 - self.alpha) * hard
-            result = LossOutput(loss, con, dist, hard, a2b[2], a2b[3], b2a[2], b2a[3], pairs, teacher_seconds)
-        self.queue.push(img, txt, image_ids)
-        return result
+            return LossOutput(*out, teacher_pairs=pairs, teacher_seconds=seconds)
+        con = contrastive_term(img, txt, logit_scale, image_ids, self.queue, world)
+        a2b = ops().distill_loss(img, txt, i2t, i2t_t, logit_scale, self.temperature, self.kind, self.weighting)
+        b2a = ops().distill_loss(txt, img, t2i, t2i_t, logit_scale, self.temperature, self.kind, self.weighting)
+        dist, hard = 0.5 * (a2b[0] + b2a[0]), 0.5 * (a2b[1] + b2a[1])
+        loss = self.con_weight * con + self.alpha * dist + (1 - self.alpha) * hard
+        return LossOutput(loss, con, dist, hard, a2b[2], a2b[3], b2a[2], b2a[3], pairs, seconds)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {**super().state_tensors(), "generator": self.generator.get_state()}
+
+    def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        super().load_state_tensors(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

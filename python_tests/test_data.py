@@ -221,13 +221,27 @@ def test_loader_batches_carry_ids_raw_items_and_a_resumable_order():
         assert b.texts[row] == split.captions[j]
         assert int(b.image_index[row]) == split.caption_image[j]
         assert b.images[row] is split.images[split.caption_image[j]]
-    sampler = EpochSampler(20, seed=5)
+    sampler = EpochSampler(20, seed=5, batch_size=4)
     sampler.set_epoch(2)
     order = list(sampler)
-    sampler.set_epoch(2, skip=6)
-    assert list(sampler) == order[6:] and len(sampler) == 14
+    sampler.set_epoch(2, skip=2)  # two batches of 4 done
+    assert list(sampler) == order[8:] and len(sampler) == 12
     sampler.set_epoch(3)
     assert list(sampler) != order and sorted(sampler) == list(range(20))
+    # two processes split every global batch of 4 into halves, in rank order
+    halves = [EpochSampler(20, seed=5, batch_size=4, rank=r, world_size=2) for r in (0, 1)]
+    for h in halves:
+        h.set_epoch(2)
+    shares = [list(h) for h in halves]
+    assert [x for b in range(5) for r in (0, 1) for x in shares[r][2 * b:2 * b + 2]] == order
+    assert sum(map(len, halves)) == 20
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        EpochSampler(20, seed=5, batch_size=4, world_size=3)
+    torch.manual_seed(7)
+    expected = torch.rand(1)
+    torch.manual_seed(7)
+    next(iter(loader))
+    assert torch.rand(1) == expected  # the loader draws from its own generator, not the global RNG
     with pytest.raises(ValueError, match="batch_size 32 exceeds"):
         make_train_loader(split, collate, batch_size=32, seed=0)
     with pytest.raises(ValueError, match="at least 2"):

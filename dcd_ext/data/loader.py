@@ -53,34 +53,46 @@ class BatchCollator:
 
 
 class EpochSampler(Sampler[int]):
-    """A permutation fixed by (seed, epoch), so a resumed run replays the same order and can skip ahead."""
+    """Caption order for one process: a permutation fixed by (seed, epoch), cut into global batches of
+    ``batch_size``; process ``rank`` of ``world_size`` yields its contiguous share of each batch. A resumed run
+    replays the same order and skips the batches already done; the incomplete last batch is dropped."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the {world_size} processes")
+        self.n, self.seed, self.batch_size, self.rank, self.world_size = n, seed, batch_size, rank, world_size
+        self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """``skip``: global batches already done this epoch."""
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.skip:].tolist())
+        order = torch.randperm(self.n, generator=g)[: self.n // self.batch_size * self.batch_size]
+        share = self.batch_size // self.world_size
+        mine = order.view(-1, self.world_size, share)[self.skip:, self.rank]
+        return iter(mine.reshape(-1).tolist())
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return (self.n // self.batch_size - self.skip) * (self.batch_size // self.world_size)
 
 
 def make_train_loader(split: RetrievalSet, collate: BatchCollator, batch_size: int, seed: int,
-                      workers: int = 0) -> DataLoader:
-    """Shuffled caption batches; the last incomplete batch is dropped (a step needs a full batch)."""
+                      workers: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Shuffled caption batches of ``batch_size`` (global: each of ``world_size`` processes loads its share);
+    the last incomplete batch is dropped (a step needs a full batch)."""
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2; got {batch_size}")
     if split.num_captions < batch_size:
         raise ValueError(f"batch_size {batch_size} exceeds the {split.num_captions} captions of {split.name}")
-    sampler = EpochSampler(split.num_captions, seed)
-    return DataLoader(CaptionDataset(split), batch_size=batch_size, sampler=sampler, drop_last=True,
-                      collate_fn=collate, num_workers=workers, persistent_workers=False)
+    sampler = EpochSampler(split.num_captions, seed, batch_size, rank, world_size)
+    # its own generator: creating an iterator must not draw from the global RNG, or resuming mid-epoch
+    # (a new iterator) would shift every later random draw
+    return DataLoader(CaptionDataset(split), batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
+                      collate_fn=collate, num_workers=workers, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def steps_per_epoch(split: RetrievalSet, batch_size: int) -> int:
     return split.num_captions // batch_size
-

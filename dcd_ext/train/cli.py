@@ -15,6 +15,7 @@ from ..students import save_student
 from .checkpoint import latest_checkpoint
 from .components import (build_student_from_args, load_data_from_args, load_teacher_from_args, make_loss,
                          resolve_device, settings_from_args)
+from ..distributed import SINGLE, World, broadcast_object, device_for, init_process_group, shutdown, world_from_env
 from .loop import Interrupted, train_student
 from .params import parse_args
 from .report import write_plots, write_report
@@ -35,11 +36,13 @@ def resume_target(resume: str, demo: bool) -> tuple[str, Optional[str]]:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(resume)))), resume
 
 
-def run_training(args, run: RunDir, device: torch.device, command: str) -> dict:
-    """Train one student on --data (DCD or contrastive), then evaluate it (and the teacher) on the eval split."""
+def run_training(args, run: RunDir, device: torch.device, command: str, world: World = SINGLE) -> dict:
+    """Train one student on --data (DCD or contrastive), then evaluate it (and the teacher) on the eval split.
+    Every process of a torchrun world trains; rank 0 alone evaluates and writes."""
     log = get_logger()
     started = time.perf_counter()
-    run.write_json("config.json", {"mode": "train", "args": vars(args)})
+    if world.is_main:
+        run.write_json("config.json", {"mode": "train", "args": vars(args), "world_size": world.size})
     train, val, test = load_data_from_args(args)
     log.info(f"data: train {train.name} {train.num_images} images / {train.num_captions} captions; "
              f"eval {test.name} {test.num_images} / {test.num_captions}"
@@ -49,8 +52,10 @@ def run_training(args, run: RunDir, device: torch.device, command: str) -> dict:
     name = f"student_{args.loss}"
     student = build_student_from_args(args, train)
     checkpoint = args.resume_checkpoint or (latest_checkpoint(run.file("checkpoints", name)) if args.resume else None)
-    summary = train_student(name, student, make_loss(args, teacher), train, val, settings_from_args(args, device),
-                            run, checkpoint)
+    summary = train_student(name, student, make_loss(args, teacher, world.rank), train, val,
+                            settings_from_args(args, device), run, checkpoint, world)
+    if not world.is_main:
+        return {}
     save_student(student, run.file(name))
 
     results = {}
@@ -84,20 +89,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume:
         folder, args.resume_checkpoint = resume_target(args.resume, args.demo)
         args.out = args.out or folder
-    run = RunDir(args.out or default_run_folder("demo" if args.demo else args.loss))
-    log = run.setup_logging()
-    device = resolve_device(args.device)
+    world = world_from_env()
+    if world.distributed and args.demo:
+        raise SystemExit("python -m dcd_ext.train: the built-in demo runs in one process; "
+                         "under torchrun pass --data (and --teacher for DCD)")
+    device = device_for(world, args.device) if world.distributed else resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    log.info(f"run folder {run.path}; device {device}; command: {command}")
+    init_process_group(world, device)
+    try:
+        # every rank uses rank 0's folder (its default name holds the time)
+        run = RunDir(broadcast_object(world, args.out or default_run_folder("demo" if args.demo else args.loss)))
+        log = run.setup_logging(writer=world.is_main)
+        log.info(f"run folder {run.path}; device {device}"
+                 + (f"; {world.size} processes" if world.distributed else "") + f"; command: {command}")
+        return run_command(args, run, device, command, world)
+    finally:
+        shutdown(world)
+
+
+def run_command(args, run: RunDir, device: torch.device, command: str, world: World) -> int:
+    log = get_logger()
+    launcher = "torchrun --nproc_per_node N -m dcd_ext.train" if world.distributed else "python -m dcd_ext.train"
     try:
         if args.demo:
             from .demo import run_demo
             run_demo(args, run, device, command)
         else:
-            run_training(args, run, device, command)
+            run_training(args, run, device, command, world)
     except Interrupted as e:
-        log.info(f"{e}. Continue with: python -m dcd_ext.train --resume {run.path} (and the same flags)")
+        log.info(f"{e}. Continue with: {launcher} --resume {run.path} (and the same flags)")
         return 130
     except KeyboardInterrupt:
         log.info("interrupted outside training (nothing to save)")

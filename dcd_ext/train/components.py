@@ -89,17 +89,19 @@ def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> Du
     raise ValueError(f"student: expected 'small', 'teacher' or a saved student folder; got {spec!r}")
 
 
-def make_loss(args: argparse.Namespace, teacher) -> torch.nn.Module:
+def make_loss(args: argparse.Namespace, teacher, rank: int = 0) -> torch.nn.Module:
+    """``rank``: each process of a multi-process run draws its own teacher pools."""
     if args.loss == "contrastive":
         return ContrastiveLoss(args.queue_size)
     return DCDLoss(teacher, k=args.k, alpha=args.alpha, temperature=args.temperature, kind=args.distill_kind,
                    weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
-                   teacher_pool=args.teacher_pool, queue_size=args.queue_size, seed=args.seed)
+                   teacher_pool=args.teacher_pool, queue_size=args.queue_size, seed=args.seed + 1_000_003 * rank)
 
 
 def settings_from_args(args: argparse.Namespace, device: torch.device) -> TrainSettings:
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup=args.warmup, grad_clip=args.grad_clip, precision=args.precision, device=device,
+                         warmup=args.warmup, grad_clip=args.grad_clip, precision=args.precision,
+                         accum_steps=args.accum_steps, save_every=args.save_every, device=device,
                          seed=args.seed, log_every=args.log_every, workers=args.workers,
                          keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
                          eval_batch_size=args.eval_batch_size)

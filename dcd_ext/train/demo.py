@@ -184,8 +184,8 @@ def train_demo_student(name: str, loss_fn, preset: DemoPreset, train, val, args,
                                   text_layers=preset.student_layers)
     settings = TrainSettings(epochs=preset.epochs, batch_size=preset.batch_size, lr=preset.lr,
                              weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
-                             precision=args.precision, device=device, seed=args.seed, log_every=args.log_every,
-                             keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+                             precision=args.precision, accum_steps=args.accum_steps, save_every=args.save_every,
+                             device=device, seed=args.seed, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
                              eval_batch_size=args.eval_batch_size)
     resume = latest_checkpoint(run.file("checkpoints", name)) if args.resume else None
     summary = train_student(name, student, loss_fn, train, val, settings, run, resume)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,9 +13,12 @@ import torch
 from tqdm import tqdm
 
 from ..data import BatchCollator, RetrievalSet, make_train_loader, steps_per_epoch
+from ..distributed import SINGLE, World, barrier, gather_objects, mean_over_ranks
 from ..evaluate import evaluate_student
-from .checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (capture_rank_state, checkpoint_files, load_checkpoint, prune_checkpoints, read_meta,
+                         remove_stale_temporaries, save_checkpoint)
 from .run_dir import RunDir, get_logger
+from .step import StepRunner, apply_update
 
 
 @dataclass
@@ -28,6 +30,8 @@ class TrainSettings:
     warmup: Optional[int] = None  # steps; None: 5% of all steps
     grad_clip: float = 1.0
     precision: str = "fp32"
+    accum_steps: int = 1  # micro-batches per step and process (exact accumulation, see step.py)
+    save_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
     device: torch.device = torch.device("cpu")
     seed: int = 0
     log_every: int = 10
@@ -54,46 +58,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision: fp16 needs a CUDA device; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 class Interrupted(Exception):
     """Raised after Ctrl-C once the interrupted checkpoint is on disk."""
 
-    def __init__(self, checkpoint: str):
-        super().__init__(f"interrupted; state saved to {checkpoint}")
+    def __init__(self, checkpoint: Optional[str]):
+        super().__init__(f"interrupted; state saved to {checkpoint}" if checkpoint else "interrupted")
         self.checkpoint = checkpoint
-
-
-def optimisation_step(trained: torch.nn.ModuleDict, batch, optimizer, scaler, settings: TrainSettings, lr: float):
-    """One step: forward, loss, backward, clip, update; returns the loss output."""
-    student, loss_fn, device = trained["student"], trained["loss"], settings.device
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with autocast_for(settings.precision, device):
-        img, txt, scale = student(batch.pixels.to(device), batch.input_ids.to(device),
-                                  batch.attention_mask.to(device))
-    out = loss_fn(img, txt, scale.float(), batch.image_index.to(device), batch.images, batch.texts)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(out.loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        out.loss.backward()
-    if settings.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), settings.grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    student.clamp_logit_scale()
-    return out
 
 
 def loss_terms(out) -> dict[str, float]:
@@ -104,14 +74,42 @@ def loss_terms(out) -> dict[str, float]:
     return row
 
 
+def check_layout(settings: TrainSettings, world: World, num_captions: int) -> None:
+    share = world.size * settings.accum_steps
+    if settings.batch_size % share:
+        raise ValueError(f"batch_size: {settings.batch_size} must be a multiple of processes x accum_steps "
+                         f"({world.size} x {settings.accum_steps})")
+    if settings.batch_size // world.size < 2:
+        raise ValueError(f"batch_size: {settings.batch_size} leaves fewer than 2 rows per process")
+
+
+def wrap_for_world(student: torch.nn.Module, loss_fn: torch.nn.Module, world: World, device: torch.device):
+    """The student itself, or its DistributedDataParallel wrapper (gradients averaged over processes)."""
+    if not world.distributed:
+        return student
+    if any(p.requires_grad for p in loss_fn.parameters()):
+        raise ValueError(f"{type(loss_fn).__name__} has weights of its own; it trains in one process only")
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def schedule_facts(settings: TrainSettings, world: World, total: int, warmup: int) -> dict:
+    return {"total_steps": total, "warmup": warmup, "lr": settings.lr, "batch_size": settings.batch_size,
+            "world_size": world.size, "accum_steps": settings.accum_steps, "seed": settings.seed}
+
+
 def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, val_split: Optional[RetrievalSet],
-                  settings: TrainSettings, run: RunDir, resume_from: Optional[str] = None) -> dict:
-    """Train ``student`` in place; returns a summary (steps, seconds, teacher pairs, last validation metrics)."""
+                  settings: TrainSettings, run: RunDir, resume_from: Optional[str] = None,
+                  world: World = SINGLE) -> dict:
+    """Train ``student`` in place; returns a summary (steps, seconds, teacher pairs, last validation metrics).
+
+    In a world of several processes every rank calls this with the same arguments; rank 0 alone writes."""
     log = get_logger()
     device = settings.device
     student.to(device)
+    check_layout(settings, world, train_split.num_captions)
     loader = make_train_loader(train_split, BatchCollator(student.image_transform, student.tokenizer),
-                               settings.batch_size, settings.seed, settings.workers)
+                               settings.batch_size, settings.seed, settings.workers, world.rank, world.size)
     per_epoch = steps_per_epoch(train_split, settings.batch_size)
     total = per_epoch * settings.epochs
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 20)
@@ -120,69 +118,105 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     trained = torch.nn.ModuleDict({"student": student, "loss": loss_fn})
     optimizer = make_optimizer(trained, settings.lr, settings.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
+    model = wrap_for_world(student, loss_fn, world, device)
+    runner = StepRunner(model, student, loss_fn, device, settings.precision, settings.accum_steps, world, scaler)
     ckpt_dir = run.checkpoint_dir(run_name)
+    facts = schedule_facts(settings, world, total, warmup)
+
+    def checkpoint(name: str, epoch: int, step: int, global_step: int) -> Optional[str]:
+        """Every rank hands its RNG and loss state to rank 0, which writes the file."""
+        states = gather_objects(world, capture_rank_state(loss_fn, device))
+        if not world.is_main:
+            return None
+        path = os.path.join(ckpt_dir, name)
+        extra = {"schedule": facts, "scaler": scaler.state_dict() if scaler is not None else None}
+        save_checkpoint(path, trained, optimizer, {"epoch": epoch, "step": step, "global_step": global_step},
+                        states, extra)
+        for old in checkpoint_files(ckpt_dir):  # mid-epoch and interrupted files this one supersedes
+            if old != path and not os.path.basename(old).startswith("epoch_"):
+                os.remove(old)
+        return path
 
     start_epoch, skip, global_step = 0, 0, 0
     if resume_from is not None:
-        progress = load_checkpoint(resume_from, trained, optimizer)
+        saved = read_meta(resume_from)["extra"]
+        changed = {k: (v, facts[k]) for k, v in saved.get("schedule", {}).items() if facts.get(k) != v}
+        if changed:
+            log.warning(f"[{run_name}] resuming with different settings, so not exactly where the run stopped: "
+                        + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        progress = load_checkpoint(resume_from, trained, optimizer, rank=world.rank, loss=loss_fn, device=device)
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         start_epoch, skip, global_step = progress["epoch"], progress["step"], progress["global_step"]
-        run.truncate_metrics(run_name, global_step)
+        if world.is_main:
+            run.truncate_metrics(run_name, global_step)
+            remove_stale_temporaries(ckpt_dir)
         log.info(f"[{run_name}] resumed from {resume_from} at epoch {start_epoch + 1}, step {skip} of {per_epoch}")
 
     summary = {"steps": global_step, "seconds": 0.0, "teacher_pairs": 0, "teacher_seconds": 0.0, "val": None}
     started = time.perf_counter()
-    log.info(f"[{run_name}] {settings.epochs} epochs x {per_epoch} steps of {settings.batch_size} captions "
-             f"on {device} ({settings.precision})")
+    layout = (f"{world.size} processes x " if world.distributed else "") + \
+             (f"{settings.accum_steps} micro-batches of {settings.batch_size // (world.size * settings.accum_steps)}"
+              if settings.accum_steps > 1 else "")
+    log.info(f"[{run_name}] {settings.epochs} epochs x {per_epoch} steps of {settings.batch_size} captions"
+             + (f" ({layout.rstrip(' x')})" if layout else "") + f" on {device} ({settings.precision})")
     for epoch in range(start_epoch, settings.epochs):
         trained.train()
-        loader.sampler.set_epoch(epoch, skip * settings.batch_size)
+        loader.sampler.set_epoch(epoch, skip)
         step_in_epoch, sums = skip, {}
         bar = tqdm(loader, total=per_epoch - skip, desc=f"{run_name} epoch {epoch + 1}/{settings.epochs}",
-                   disable=None if settings.progress else True, leave=False, dynamic_ncols=True)
+                   disable=None if settings.progress and world.is_main else True, leave=False, dynamic_ncols=True)
         try:
             for batch in bar:
                 lr = lr_at(global_step, total, warmup, settings.lr)
-                out = optimisation_step(trained, batch, optimizer, scaler, settings, lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                out = runner(batch)
+                apply_update(trained, student, optimizer, scaler, settings.grad_clip)
                 global_step += 1
                 step_in_epoch += 1
-                row = loss_terms(out)
+                row = mean_over_ranks(world, {**loss_terms(out), "teacher_pairs": out.teacher_pairs,
+                                              "teacher_seconds": out.teacher_seconds}, device,
+                                      summed=("teacher_pairs",))
+                pairs, teacher_seconds = int(row.pop("teacher_pairs")), row.pop("teacher_seconds")
                 if not math.isfinite(row["loss"]):
                     raise FloatingPointError(f"[{run_name}] loss is {row['loss']} at step {global_step}")
                 for key, value in row.items():
                     sums[key] = sums.get(key, 0.0) + value
-                summary["teacher_pairs"] += out.teacher_pairs
-                summary["teacher_seconds"] += out.teacher_seconds
+                summary["teacher_pairs"] += pairs
+                summary["teacher_seconds"] += teacher_seconds
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
-                if global_step % settings.log_every == 0 or step_in_epoch == per_epoch:
+                if world.is_main and (global_step % settings.log_every == 0 or step_in_epoch == per_epoch):
                     run.log_metrics({"run": run_name, "epoch": epoch + step_in_epoch / per_epoch, "step": global_step,
                                      "lr": lr, "logit_scale": student.logit_scale.item(),
-                                     "teacher_pairs": out.teacher_pairs, **row})
+                                     "teacher_pairs": pairs, **row})
+                if settings.save_every and global_step % settings.save_every == 0 and step_in_epoch < per_epoch:
+                    checkpoint(f"step_{global_step:07d}.safetensors", epoch, step_in_epoch, global_step)
         except KeyboardInterrupt:
-            path = os.path.join(ckpt_dir, "interrupted.safetensors")
-            save_checkpoint(path, trained, optimizer, {"epoch": epoch, "step": step_in_epoch, "global_step": global_step})
+            if world.distributed:  # the other ranks may be anywhere: no collective is safe now
+                log.info(f"[{run_name}] interrupted at epoch {epoch + 1}, step {step_in_epoch}; resume from the "
+                         "newest checkpoint (--save-every sets how often they are written)")
+                raise Interrupted(None) from None
+            path = checkpoint("interrupted.safetensors", epoch, step_in_epoch, global_step)
             log.info(f"[{run_name}] interrupted at epoch {epoch + 1}, step {step_in_epoch}; saved {path}")
             raise Interrupted(path) from None
         finally:
             bar.close()
         steps_run, skip = step_in_epoch - skip, 0
-        end_of_epoch(epoch, global_step, trained, optimizer, ckpt_dir, settings.keep_checkpoints)
+        checkpoint(f"epoch_{epoch + 1:03d}.safetensors", epoch + 1, 0, global_step)
+        if world.is_main:
+            prune_checkpoints(ckpt_dir, settings.keep_checkpoints)
         message = f"[{run_name}] epoch {epoch + 1}: " + " ".join(f"{k} {v / max(1, steps_run):.4f}"
                                                                 for k, v in sums.items())
         if val_split is not None:
-            summary["val"] = evaluate_student(student, val_split, settings.eval_batch_size, device)
-            run.log_metrics({"run": run_name, "epoch": epoch + 1, "step": global_step, "split": "val", **summary["val"]})
-            message += f" | val RSUM {summary['val']['rsum']:.1f}"
+            if world.is_main:
+                summary["val"] = evaluate_student(student, val_split, settings.eval_batch_size, device)
+                run.log_metrics({"run": run_name, "epoch": epoch + 1, "step": global_step, "split": "val",
+                                 **summary["val"]})
+                message += f" | val RSUM {summary['val']['rsum']:.1f}"
+            barrier(world)
         log.info(message)
     summary["steps"] = global_step
     summary["seconds"] = time.perf_counter() - started
     return summary
-
-
-def end_of_epoch(epoch: int, global_step: int, trained, optimizer, ckpt_dir: str, keep: int) -> None:
-    """The epoch checkpoint (replacing any interrupted one), then pruning of old ones."""
-    path = os.path.join(ckpt_dir, f"epoch_{epoch + 1:03d}.safetensors")
-    save_checkpoint(path, trained, optimizer, {"epoch": epoch + 1, "step": 0, "global_step": global_step})
-    stale = os.path.join(ckpt_dir, "interrupted.safetensors")
-    if os.path.exists(stale):
-        os.remove(stale)
-    prune_checkpoints(ckpt_dir, keep)

@@ -120,14 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=positive_int, help=f"epochs (default {RUN_DEFAULTS['epochs']})")
-    opt.add_argument("--batch-size", type=positive_int, help=f"batch size (default {RUN_DEFAULTS['batch_size']})")
+    opt.add_argument("--batch-size", type=positive_int,
+                     help="captions per optimiser step, over all processes and micro-batches: each of N torchrun "
+                          "processes loads batch-size / N of them and the contrastive term ranks every one against "
+                          f"all (default {RUN_DEFAULTS['batch_size']})")
+    opt.add_argument("--accum-steps", type=positive_int, default=1,
+                     help="micro-batches per step and process: exact gradient accumulation (the loss still spans "
+                          "the whole batch; activation memory of one micro-batch)")
     opt.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW (default {RUN_DEFAULTS['lr']})")
     opt.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     opt.add_argument("--warmup", type=non_negative_int, help="linear warm-up steps before the cosine decay "
                      "(default: 5%% of all steps)")
     opt.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     opt.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                     help="student autocast precision; fp16 needs CUDA")
+                     help="student forward precision (autocast; weights and optimizer stay float32); fp16 needs CUDA")
     opt.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     opt.add_argument("--threads", type=non_negative_int, default=0,
                      help="CPU threads for torch (0: torch's default, one per core); 1 is faster on a busy machine")
@@ -136,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("run folder and evaluation")
     out.add_argument("--out", help="run folder (default: runs/<date>-<time>-<mode>)")
     out.add_argument("--resume", help="continue from a checkpoint file or a run folder (its latest checkpoint)")
+    out.add_argument("--save-every", type=non_negative_int, default=0,
+                     help="steps between mid-epoch checkpoints, for exact resume after a crash (0: epoch ends only)")
     out.add_argument("--keep-checkpoints", type=non_negative_int, default=3,
                      help="epoch checkpoints kept per student (0: all)")
     out.add_argument("--log-every", type=positive_int, default=10, help="steps between metrics.jsonl rows")

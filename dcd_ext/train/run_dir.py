@@ -73,13 +73,19 @@ class RunDir:
         with open(self.metrics_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    def setup_logging(self, quiet: bool = False) -> logging.Logger:
+    def setup_logging(self, quiet: bool = False, writer: bool = True) -> logging.Logger:
+        """``writer``: this process writes log.txt (rank 0); the other ranks print warnings only."""
         logger = logging.getLogger(LOGGER_NAME)
         logger.setLevel(logging.INFO)
         logger.propagate = False
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
+        if not writer:
+            console = logging.StreamHandler(sys.stderr)
+            console.setLevel(logging.WARNING)
+            logger.addHandler(console)
+            return logger
         fmt = logging.Formatter("%(asctime)s | %(levelname)s | %(message)s", "%Y-%m-%d %H:%M:%S")
         file_handler = logging.FileHandler(self.file("log.txt"))
         file_handler.setFormatter(fmt)

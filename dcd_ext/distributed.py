@@ -1,0 +1,145 @@
+"""Multi-process training on ``torch.distributed``: the process group torchrun describes, embedding
+gathers that keep gradients across ranks, and metric reduction.
+
+A run started by ``torchrun --nproc_per_node N -m dcd_ext.train ...`` has WORLD_SIZE, RANK and LOCAL_RANK in
+its environment; a plain ``python -m dcd_ext.train`` is a world of one and never touches the process group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = World()
+
+
+def world_from_env() -> World:
+    """The world torchrun (or any env:// launcher) describes; a world of one otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return SINGLE
+    return World(size, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(world: World, spec: str) -> torch.device:
+    """One device per process: cuda:LOCAL_RANK on GPU machines (``--device auto`` or ``cuda``), else cpu."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(f"device: {spec} names one GPU, but torchrun gives each process its own "
+                             "(cuda:LOCAL_RANK); pass --device cuda")
+        if world.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"device: LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} GPUs")
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def init_process_group(world: World, device: torch.device, timeout_minutes: float = 30.0) -> None:
+    """NCCL between GPUs, gloo between CPU processes."""
+    if not world.distributed or dist.is_initialized():
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _all_gather(t: Tensor) -> Tensor:
+    # the list form: the single-tensor variants changed names between torch releases
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; the backward sums every rank's gradient of each shard and returns the
+    caller's own shard, so losses computed against gathered embeddings train the rank that owns them."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        ctx.rows, ctx.rank = t.shape[0], dist.get_rank()
+        return _all_gather(t)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = torch.empty((ctx.rows,) + tuple(grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter(out, list(grad.chunk(dist.get_world_size())))
+            return out
+        # gloo has no reduce-scatter: sum everything, keep our rows
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows].clone()
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """[W * n, ...] rows of every rank in rank order; gradients flow back to each owner."""
+    return _GatherWithGrad.apply(t)
+
+
+@torch.no_grad()
+def gather(t: Tensor) -> Tensor:
+    return _all_gather(t)
+
+
+def mean_over_ranks(world: World, values: dict[str, float], device: torch.device,
+                    summed: tuple[str, ...] = ()) -> dict[str, float]:
+    """Averages ``values`` over ranks (keys in ``summed`` are summed); every rank must pass the same keys."""
+    if not world.distributed:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: t[i].item() / (1 if k in summed else world.size) for i, k in enumerate(keys)}
+
+
+def gather_objects(world: World, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not world.distributed:
+        return [obj]
+    out: list[Optional[Any]] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(world: World, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
