@@ -141,6 +141,15 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert again == pytest.approx(straight, rel=1e-5)
 
 
+def test_bf16_run_with_gradient_accumulation(tmp_path):
+    out = tmp_path / "bf16"
+    assert run_contrastive(tmp_path, out, ["--precision", "bf16", "--accum-steps", "2", "--val-split", "none"]) == 0
+    rows = [r for r in read_rows(out / "metrics.jsonl") if "split" not in r]
+    assert len(rows) == 8 and all(r["loss"] > 0 for r in rows)  # 36 training captions / 8 = 4 steps x 2 epochs
+    assert "2 micro-batches of 4" in (out / "log.txt").read_text() and "(bf16)" in (out / "log.txt").read_text()
+    assert all(torch.isfinite(v).all() for v in load_student(str(out / "student_contrastive")).state_dict().values())
+
+
 def test_checkpoints_restore_model_optimizer_and_rng(tmp_path):
     torch.manual_seed(0)
     model = build_small_student(["a red circle", "two blue squares"], width=8, embed_dim=4, image_channels=[4, 4, 4])
