@@ -13,7 +13,6 @@ import time
 import pytest
 import torch
 
-from dcd_ext.data import vocabulary
 from dcd_ext.students import build_small_student, load_student
 from dcd_ext.train import main
 from dcd_ext.train.checkpoint import (CorruptCheckpointError, latest_checkpoint, load_checkpoint, read_meta,
@@ -34,13 +33,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_vilt_dir(tmp_path_factory):
-    from dcd_ext.teachers.vilt import build_tiny_vilt
-    out = tmp_path_factory.mktemp("vilt")
-    build_tiny_vilt(out, vocabulary(), image_size=32, patch_size=8, hidden=32, layers=1, heads=2,
-                    max_text_len=16, seed=0)
-    return str(out)
 
 
 def dcd_flags(table, teacher, out):

@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 
-from dcd_ext.data import vocabulary
 from dcd_ext.retrieval import METRIC_KEYS
 from dcd_ext.students import build_small_student, load_student
 from dcd_ext.train import main
@@ -79,13 +78,6 @@ def test_second_demo_run_reuses_the_teacher_and_reproduces_the_numbers(tiny_demo
             assert first[name][key] == pytest.approx(second[name][key]), (name, key)
 
 
-@pytest.fixture(scope="module")
-def tiny_vilt_dir(tmp_path_factory):
-    from dcd_ext.teachers.vilt import build_tiny_vilt
-    out = tmp_path_factory.mktemp("vilt")
-    build_tiny_vilt(out, vocabulary(), image_size=32, patch_size=8, hidden=32, layers=1, heads=2,
-                    max_text_len=16, seed=0)
-    return str(out)
 
 
 def test_dcd_run_on_a_table_with_a_vilt_initialised_student(tmp_path, tiny_vilt_dir):

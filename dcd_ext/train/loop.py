@@ -74,7 +74,7 @@ def loss_terms(out) -> dict[str, float]:
     return row
 
 
-def check_layout(settings: TrainSettings, world: World, num_captions: int) -> None:
+def check_layout(settings: TrainSettings, world: World) -> None:
     share = world.size * settings.accum_steps
     if settings.batch_size % share:
         raise ValueError(f"batch_size: {settings.batch_size} must be a multiple of processes x accum_steps "
@@ -107,7 +107,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     log = get_logger()
     device = settings.device
     student.to(device)
-    check_layout(settings, world, train_split.num_captions)
+    check_layout(settings, world)
     loader = make_train_loader(train_split, BatchCollator(student.image_transform, student.tokenizer),
                                settings.batch_size, settings.seed, settings.workers, world.rank, world.size)
     per_epoch = steps_per_epoch(train_split, settings.batch_size)
