@@ -67,8 +67,12 @@ def init_process_group(world: World, device: torch.device, timeout_minutes: floa
                             timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: World, finished: bool = True) -> None:
+    """Leave the process group; ``finished`` ranks first wait for each other (gloo aborts a process that
+    tears its group down while a peer is still working)."""
     if world.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -207,8 +207,10 @@ class CrossEncoderTrainingLoss(nn.Module):
 
 def first_row_of_id(ids: Tensor) -> Tensor:
     """For each row, the first row holding the same id (rows showing one image share its teacher work)."""
-    same = ids.view(-1, 1) == ids.view(1, -1)
-    return same.to(torch.int64).argmax(dim=1)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    rows = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), ids.numel(), dtype=torch.int64, device=ids.device)
+    return first.scatter_reduce(0, inverse, rows, reduce="amin")[inverse]
 
 
 class DCDLoss(StudentLoss):
@@ -254,14 +256,20 @@ class DCDLoss(StudentLoss):
         return i2t, scores[:n].view_as(i2t), t2i, scores[n:].view_as(t2i)
 
     def random_pool(self, image_ids: Tensor) -> Tensor:
-        """[B, pool] random in-batch negatives per anchor (never a row of the same image), -1 padded."""
+        """[B, pool] random in-batch negatives per anchor (never a row of the same image), -1 padded.
+        Drawn in row blocks, so memory stays O(B * block) rather than O(B^2)."""
         b = image_ids.numel()
         pool = min(self.teacher_pool, b - 1)
-        keys = torch.rand(b, b, generator=self.generator).to(image_ids.device)
-        same = image_ids.view(-1, 1) == image_ids.view(1, -1)
-        keys = keys.masked_fill(same, -1.0)
-        values, index = keys.topk(pool, dim=1)
-        return index.masked_fill(values < 0, -1)
+        block = max(1, (1 << 20) // b)
+        ids = image_ids.cpu()
+        out = []
+        for start in range(0, b, block):
+            rows = ids[start:start + block]
+            keys = torch.rand(rows.numel(), b, generator=self.generator)
+            keys = keys.masked_fill(rows.view(-1, 1) == ids.view(1, -1), -1.0)
+            values, index = keys.topk(pool, dim=1)
+            out.append(index.masked_fill(values < 0, -1))
+        return torch.cat(out).to(image_ids.device)
 
     def mine_by_teacher(self, img: Tensor, image_ids: Tensor, images, texts):
         rows = torch.arange(img.shape[0], device=img.device).view(-1, 1)

@@ -22,6 +22,7 @@ def main() -> None:
     torch.set_num_threads(1)
     world, device = world_from_env(), torch.device("cpu")
     init_process_group(world, device)
+    finished = False
     try:
         for kind, accum in CASES:
             student, batch, teacher = make_problem()
@@ -33,8 +34,9 @@ def main() -> None:
             loss = mean_over_ranks(world, {"loss": out.loss.item()}, device)["loss"]
             grads = {n: p.grad.detach().clone() for n, p in student.named_parameters()}
             torch.save({"loss": loss, "grads": grads}, f"{args.out}/rank{world.rank}-{kind}-{accum}.pt")
+        finished = True
     finally:
-        shutdown(world)
+        shutdown(world, finished)
 
 
 if __name__ == "__main__":

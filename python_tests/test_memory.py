@@ -48,3 +48,59 @@ def test_fused_peak_memory_is_a_small_fraction_of_naive(op):
     matrix_kib = n * n * 4 // 1024
     assert naive >= matrix_kib, f"the naive way should hold at least one {n}x{n} matrix, saw {naive} KiB"
     assert fused < 0.05 * naive, f"fused {fused} KiB vs naive {naive} KiB"
+
+
+STEP_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from dcd_ext.data import Batch
+    from dcd_ext.losses import ContrastiveLoss, DCDLoss
+    from dcd_ext.train.step import StepRunner
+    torch.manual_seed(0)
+    kind, n, accum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    f = 32
+
+    class Linear(torch.nn.Module):  # a dual encoder over fixed features, so the loss dominates memory
+        def __init__(self):
+            super().__init__()
+            self.wi, self.wt = torch.nn.Linear(f, f), torch.nn.Linear(f, f)
+            self.log_scale = torch.nn.Parameter(torch.tensor(2.0))
+        def forward(self, pixels, input_ids, mask):
+            norm = torch.nn.functional.normalize
+            return norm(self.wi(pixels), dim=1), norm(self.wt(input_ids), dim=1), self.log_scale.exp()
+
+    def batch(rows):
+        ids = torch.arange(rows) // 2
+        return Batch(torch.randn(rows, f), torch.randn(rows, f), torch.ones(rows, 1), ids, torch.arange(rows),
+                     ids.tolist(), list(range(rows)))
+
+    class Teacher:  # scores batch rows directly, so only the library's own memory is measured
+        def __init__(self):
+            self.u, self.v = torch.randn(n, 8), torch.randn(n, 8)
+        def score_pairs(self, images, texts, pairs):
+            return (self.u[pairs[:, 0]] * self.v[pairs[:, 1]]).sum(1)
+
+    model = Linear()
+    teacher = Teacher()
+    loss = ContrastiveLoss() if kind == "contrastive" else DCDLoss(teacher, k=7)
+    runner = StepRunner(model, model, loss, torch.device("cpu"), accum_steps=accum)
+    runner(batch(1200))  # warm-up: allocator, BLAS buffers, kernels
+    big = batch(n)
+    def peak_kib():
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    before = peak_kib()
+    runner(big)
+    print(json.dumps({"extra_kib": peak_kib() - before}))
+""")
+
+
+@pytest.mark.parametrize("kind", ["contrastive", "dcd"])
+def test_accumulated_training_step_never_holds_a_batch_by_batch_matrix(kind):
+    """The whole training step (accumulation, mining, teacher targets, fused loss) at B = 8192: its extra peak is
+    O(B) buffers, a fraction of one B x B float32 matrix (the naive DCD step holds several)."""
+    n = 8192
+    out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, kind, str(n), "4"], check=True, capture_output=True,
+                         text=True, timeout=600)
+    extra = json.loads(out.stdout.strip().splitlines()[-1])["extra_kib"]
+    matrix_kib = n * n * 4 // 1024
+    assert extra < 0.25 * matrix_kib, f"{kind} step: {extra} KiB extra peak; one {n}x{n} matrix is {matrix_kib} KiB"

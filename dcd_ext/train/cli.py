@@ -97,15 +97,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     init_process_group(world, device)
+    finished = False
     try:
         # every rank uses rank 0's folder (its default name holds the time)
         run = RunDir(broadcast_object(world, args.out or default_run_folder("demo" if args.demo else args.loss)))
         log = run.setup_logging(writer=world.is_main)
         log.info(f"run folder {run.path}; device {device}"
                  + (f"; {world.size} processes" if world.distributed else "") + f"; command: {command}")
-        return run_command(args, run, device, command, world)
+        code = run_command(args, run, device, command, world)
+        finished = code == 0
+        return code
     finally:
-        shutdown(world)
+        shutdown(world, finished)
 
 
 def run_command(args, run: RunDir, device: torch.device, command: str, world: World) -> int:
