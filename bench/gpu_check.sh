@@ -27,8 +27,15 @@ python -m pip show pytest >/dev/null 2>&1 || echo "pytest missing: CUDA tests ca
 tests_rc=$?
 echo "tests rc=$tests_rc at ${SECONDS}s"
 
+echo "== CUDA training smoke (tiny demo, bf16, 2 micro-batches per step)"
+smoke_dir=$(mktemp -d)
+timeout 180 python -P -m dcd_ext.train --demo-size tiny --device cuda --precision bf16 --accum-steps 2 \
+  --out "$smoke_dir/run" --cache-dir "$smoke_dir/cache" --no-progress | tail -8
+train_rc=${PIPESTATUS[0]}
+echo "training rc=$train_rc at ${SECONDS}s"
+
 echo "== GPU benchmarks"
 timeout 240 python bench/gpu_bench.py ${OUT:+--json "$OUT/gpu_bench.json"}
 bench_rc=$?
-echo "== done in ${SECONDS}s (tests rc=$tests_rc, bench rc=$bench_rc)"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+echo "== done in ${SECONDS}s (tests rc=$tests_rc, training rc=$train_rc, bench rc=$bench_rc)"
+exit $(( tests_rc != 0 || train_rc != 0 || bench_rc != 0 ))
