@@ -128,3 +128,15 @@ def test_torchrun_training_matches_one_process_and_only_rank_0_writes(tmp_path):
     log = (tmp_path / "two" / "log.txt").read_text()
     assert log.count("epoch 1:") == 1 and "2 processes" in log
     assert set(json.loads((tmp_path / "two" / "results.json").read_text())) == {"student_contrastive"}
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process_with_a_warning(tmp_path):
+    table = write_table(str(tmp_path), num_images=24, fmt="jsonl")
+    flags = contrastive_run_flags(table, tmp_path / "run", ["--save-every", "2"])
+    torchrun(["-m", "dcd_ext.train", *flags], cwd=str(tmp_path))
+    ckpt = tmp_path / "run" / "checkpoints" / "student_contrastive" / "epoch_001.safetensors"
+    assert main(flags + ["--resume", str(ckpt), "--threads", "1"]) == 0
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "resuming with different settings" in log and "world_size 2 -> 1" in log
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # epoch 2 logged again by the resumed run, once

@@ -82,6 +82,29 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_uninterrupted_weights(tmp_pat
     assert sorted(os.listdir(ckpts)) == ["epoch_001.safetensors", "epoch_002.safetensors", "epoch_003.safetensors"]
 
 
+def test_sigterm_saves_the_interrupted_checkpoint_and_the_run_resumes(tmp_path):
+    table = write_table(str(tmp_path), num_images=24, fmt="jsonl")
+    flags = ["--data", table, "--loss", "contrastive", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+             "--student-width", "16", "--student-layers", "1", "--embed-dim", "8", "--log-every", "1",
+             "--val-split", "none", "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *flags], cwd=str(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "training never logged a step"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    saved = tmp_path / "run" / "checkpoints" / "student_contrastive" / "interrupted.safetensors"
+    assert read_meta(str(saved))["progress"]["global_step"] >= 1
+    assert "--resume" in err.decode()  # the command to continue is printed
+    assert main(flags + ["--resume", str(tmp_path / "run")]) == 0
+    assert not saved.exists() and (tmp_path / "run" / "student_contrastive").is_dir()
+
+
 def small_model_checkpoint(path):
     torch.manual_seed(0)
     model = build_small_student(["a red circle", "two blue squares"], width=8, embed_dim=4, image_channels=[4, 4, 4])

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
 import torch
 
+from ..distributed import SINGLE, World, broadcast_object, device_for, init_process_group, shutdown, world_from_env
 from ..evaluate import evaluate_student, evaluate_student_and_rerank, evaluate_teacher, format_table
 from ..students import save_student
 from .checkpoint import latest_checkpoint
 from .components import (build_student_from_args, load_data_from_args, load_teacher_from_args, make_loss,
                          resolve_device, settings_from_args)
-from ..distributed import SINGLE, World, broadcast_object, device_for, init_process_group, shutdown, world_from_env
 from .loop import Interrupted, train_student
 from .params import parse_args
 from .report import write_plots, write_report
@@ -111,7 +114,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutdown(world, finished)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, ``kill``) ends the run like Ctrl-C: the interrupted checkpoint is written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(args, run: RunDir, device: torch.device, command: str, world: World) -> int:
+    with sigterm_as_interrupt():
+        return run_guarded(args, run, device, command, world)
+
+
+def run_guarded(args, run: RunDir, device: torch.device, command: str, world: World) -> int:
     log = get_logger()
     launcher = "torchrun --nproc_per_node N -m dcd_ext.train" if world.distributed else "python -m dcd_ext.train"
     try:
