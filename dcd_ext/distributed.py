@@ -59,21 +59,30 @@ def device_for(world: World, spec: str) -> torch.device:
     return device
 
 
-def init_process_group(world: World, device: torch.device, timeout_minutes: float = 30.0) -> None:
-    """NCCL between GPUs, gloo between CPU processes."""
+_WAIT_GROUP = None  # gloo, generous timeout: for ranks waiting while rank 0 validates or evaluates alone
+
+
+def init_process_group(world: World, device: torch.device, timeout_minutes: float = 30.0,
+                       wait_hours: float = 24.0) -> None:
+    """NCCL between GPUs, gloo between CPU processes; collectives time out after ``timeout_minutes``, waits
+    for rank 0's solo work (validation, the final evaluation) after ``wait_hours``."""
+    global _WAIT_GROUP
     if not world.distributed or dist.is_initialized():
         return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
                             timeout=datetime.timedelta(minutes=timeout_minutes))
+    _WAIT_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=wait_hours))
 
 
 def shutdown(world: World, finished: bool = True) -> None:
     """Leave the process group; ``finished`` ranks first wait for each other (gloo aborts a process that
     tears its group down while a peer is still working)."""
+    global _WAIT_GROUP
     if world.distributed and dist.is_initialized():
         if finished:
-            dist.barrier()
+            barrier(world)
         dist.destroy_process_group()
+        _WAIT_GROUP = None
 
 
 def _all_gather(t: Tensor) -> Tensor:
@@ -145,5 +154,6 @@ def broadcast_object(world: World, obj: Any) -> Any:
 
 
 def barrier(world: World) -> None:
+    """Wait for every rank, however long rank 0's solo work takes."""
     if world.distributed:
-        dist.barrier()
+        dist.barrier(group=_WAIT_GROUP)
