@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 
-from dcd_ext.students import build_small_student, load_student
+from dcd_ext.students import load_student
 from dcd_ext.train import main
 from dcd_ext.train.checkpoint import (CorruptCheckpointError, latest_checkpoint, load_checkpoint, read_meta,
                                       save_checkpoint)
-from train_fixtures import write_table
+from train_fixtures import small_model_after_one_step, write_table
 
 # the training command with every step slowed down, so the test can kill it between two checkpoints
 SLOW_TRAIN = """
@@ -106,11 +106,7 @@ def test_sigterm_saves_the_interrupted_checkpoint_and_the_run_resumes(tmp_path):
 
 
 def small_model_checkpoint(path):
-    torch.manual_seed(0)
-    model = build_small_student(["a red circle", "two blue squares"], width=8, embed_dim=4, image_channels=[4, 4, 4])
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model.log_logit_scale.sum().backward()
-    opt.step()
+    model, opt = small_model_after_one_step()
     save_checkpoint(str(path), model, opt, {"epoch": 1, "step": 0, "global_step": 4})
     return model, opt
 

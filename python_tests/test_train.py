@@ -14,7 +14,7 @@ from dcd_ext.train import main
 from dcd_ext.train import loop as train_loop
 from dcd_ext.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from dcd_ext.train.params import build_parser
-from train_fixtures import write_table
+from train_fixtures import small_model_after_one_step, write_table
 
 RESULT_KEYS = set(METRIC_KEYS) | {"ms_per_query"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,11 +143,7 @@ def test_bf16_run_with_gradient_accumulation(tmp_path):
 
 
 def test_checkpoints_restore_model_optimizer_and_rng(tmp_path):
-    torch.manual_seed(0)
-    model = build_small_student(["a red circle", "two blue squares"], width=8, embed_dim=4, image_channels=[4, 4, 4])
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model.log_logit_scale.sum().backward()
-    opt.step()
+    model, opt = small_model_after_one_step()
     for n, step in ((1, 10), (2, 20), (3, 30)):
         save_checkpoint(str(tmp_path / f"epoch_{n:03d}.safetensors"), model, opt,
                         {"epoch": n, "step": 0, "global_step": step})

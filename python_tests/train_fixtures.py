@@ -104,3 +104,14 @@ class FakeTeacher:
         ik = torch.tensor([self.image_key(images[i]) for i in pairs[:, 0].tolist()], dtype=torch.int64)
         tk = torch.tensor([self.text_key(texts[j]) for j in pairs[:, 1].tolist()], dtype=torch.int64)
         return (self.img_vec[ik] * self.txt_vec[tk]).sum(1)
+
+
+def small_model_after_one_step():
+    """(tiny small student, AdamW) after one optimiser step, so the optimizer has state to checkpoint."""
+    from dcd_ext.students import build_small_student
+    torch.manual_seed(0)
+    model = build_small_student(["a red circle", "two blue squares"], width=8, embed_dim=4, image_channels=[4, 4, 4])
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.log_logit_scale.sum().backward()
+    opt.step()
+    return model, opt
