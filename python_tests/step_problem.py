@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 
 from dcd_ext import reference
-from dcd_ext.data import BatchCollator
+from dcd_ext.data import BatchCollator, make_synthetic_split
 from dcd_ext.data.loader import CaptionDataset
-from dcd_ext.data import make_synthetic_split
 from dcd_ext.losses import ContrastiveLoss, DCDLoss
 from dcd_ext.students import build_small_student
 from dcd_ext.train.step import embed, split_batch
