@@ -149,13 +149,9 @@ class StudentLoss(nn.Module):
         return {} if q.ids is None else {"queue.img": q.img, "queue.txt": q.txt, "queue.ids": q.ids}
 
     def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        """``state`` as :meth:`state_tensors` returned it, already on the training device."""
         q = self.queue
-        if "queue.ids" in state:
-            device = q.img.device if q.img is not None else None
-            q.img, q.txt, q.ids = (state[f"queue.{k}"].to(device) if device else state[f"queue.{k}"]
-                                   for k in ("img", "txt", "ids"))
-        else:
-            q.img = q.txt = q.ids = None
+        q.img, q.txt, q.ids = (state.get(f"queue.{k}") for k in ("img", "txt", "ids"))
 
 
 class ContrastiveLoss(StudentLoss):

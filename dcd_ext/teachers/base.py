@@ -119,6 +119,13 @@ class CrossEncoderTeacher(abc.ABC):
         """Write the teacher to ``out_dir`` so that ``load_teacher(kind, ...)`` reloads it."""
 
     # ---- public API ------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """The teacher's tokenizer (``self.tokenizer``), padded and truncated to ``self.max_text_len``."""
+        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                                 max_length=self.max_text_len, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"].to(self.device),
+                "attention_mask": encoded["attention_mask"].to(self.device)}
+
     def to(self, device) -> "CrossEncoderTeacher":
         self.device = torch.device(device)
         self.model.to(self.device)

@@ -18,6 +18,14 @@ def split_rows(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, list[
     return train, val
 
 
+def save_figure(fig, run: RunDir, name: str) -> str:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(run.file(name), dpi=110)
+    plt.close(fig)
+    return name
+
+
 def write_plots(run: RunDir) -> list[str]:
     """loss.png (training loss per logged step) and recall.png (validation RSUM per epoch); returns file names."""
     import matplotlib
@@ -42,10 +50,7 @@ def write_plots(run: RunDir) -> list[str]:
             ax.set_ylabel("training loss")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run.file("loss.png"), dpi=110)
-        plt.close(fig)
-        written.append("loss.png")
+        written.append(save_figure(fig, run, "loss.png"))
     if val:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for name, rows in val.items():
@@ -59,10 +64,7 @@ def write_plots(run: RunDir) -> list[str]:
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run.file("recall.png"), dpi=110)
-        plt.close(fig)
-        written.append("recall.png")
+        written.append(save_figure(fig, run, "recall.png"))
     return written
 
 

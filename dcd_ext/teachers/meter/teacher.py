@@ -42,12 +42,6 @@ class MeterTeacher(CrossEncoderTeacher):
     def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
         return torch.stack([clip_preprocess(image, self.image_size) for image in images]).to(self.device)
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                                 max_length=self.max_text_len, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"].to(self.device),
-                "attention_mask": encoded["attention_mask"].to(self.device)}
-
     def _encode_images(self, images: Sequence[Image.Image]) -> list[Item]:
         features = self.model.encode_image(self.preprocess_images(images))
         mask = torch.ones(features.shape[1], dtype=torch.long, device=features.device)

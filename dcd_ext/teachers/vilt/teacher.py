@@ -65,12 +65,6 @@ class ViltTeacher(CrossEncoderTeacher):
         encoded = self.image_processor(image.convert("RGB"), return_tensors="pt")
         return encoded["pixel_values"].to(self.device), encoded["pixel_mask"].to(self.device)
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                                 max_length=self.max_text_len, return_tensors="pt")
-        return {"input_ids": encoded["input_ids"].to(self.device),
-                "attention_mask": encoded["attention_mask"].to(self.device)}
-
     def _encode_images(self, images: Sequence[Image.Image]) -> list[Item]:
         embeddings = self.model.vilt.embeddings
         items = []
