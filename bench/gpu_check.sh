@@ -29,7 +29,7 @@ echo "tests rc=$tests_rc at ${SECONDS}s"
 
 echo "== CUDA training smoke (tiny demo, bf16, 2 micro-batches per step)"
 smoke_dir=$(mktemp -d)
-timeout 180 python -P -m dcd_ext.train --demo-size tiny --device cuda --precision bf16 --accum-steps 2 \
+timeout 180 python -m dcd_ext.train --demo-size tiny --device cuda --precision bf16 --accum-steps 2 \
   --out "$smoke_dir/run" --cache-dir "$smoke_dir/cache" --no-progress | tail -8
 train_rc=${PIPESTATUS[0]}
 echo "training rc=$train_rc at ${SECONDS}s"

@@ -43,22 +43,6 @@ def world_from_env() -> World:
     return World(size, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def device_for(world: World, spec: str) -> torch.device:
-    """One device per process: cuda:LOCAL_RANK on GPU machines (``--device auto`` or ``cuda``), else cpu."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if device.index is not None:
-            raise ValueError(f"device: {spec} names one GPU, but torchrun gives each process its own "
-                             "(cuda:LOCAL_RANK); pass --device cuda")
-        if world.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"device: LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} GPUs")
-        torch.cuda.set_device(world.local_rank)
-        return torch.device("cuda", world.local_rank)
-    return device
-
-
 _WAIT_GROUP = None  # gloo, generous timeout: for ranks waiting while rank 0 validates or evaluates alone
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 import dcd_ext
-from dcd_ext._loader import build_info
+from dcd_ext._loader import compiled_library
 
 
 def cpu_model() -> str:
@@ -37,8 +37,10 @@ def collect() -> dict:
         "cpu": cpu_model(),
     }
     try:
-        built = build_info()
-        info.update(built_against_torch=built.TORCH_VERSION, cuda_kernels=built.WITH_CUDA,
+        found = compiled_library()
+        built = found.info
+        info.update(compiled_library=str(found.library), library_origin=found.origin,
+                    built_against_torch=built.TORCH_VERSION, cuda_kernels=built.WITH_CUDA,
                     cuda_archs=built.CUDA_ARCHS or None, built_cuda_version=built.CUDA_VERSION)
     except ImportError as exc:
         info.update(built_against_torch=None, cuda_kernels=False, error=str(exc))

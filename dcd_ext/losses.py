@@ -17,10 +17,9 @@ import time
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .retrieval import both_way_pairs, score_unique_pairs
+from .retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
 from .distributed import SINGLE, World, gather, gather_with_grad
 
 KINDS = ("kl", "mse")
@@ -170,35 +169,6 @@ def mine_candidates(img: Tensor, txt: Tensor, k: int, image_ids: Tensor) -> tupl
     i2t = torch.cat([rows, ops().similarity_topk(img, txt, k, image_ids, image_ids)[1]], dim=1)
     t2i = torch.cat([rows, ops().similarity_topk(txt, img, k, image_ids, image_ids)[1]], dim=1)
     return i2t, t2i
-
-
-class CrossEncoderTrainingLoss(nn.Module):
-    """Trains a cross-encoder the ALBEF way: image-text contrastive learning on its unimodal passes plus its
-    listwise ranking loss over [positive + k hard negatives], mined in-batch by that contrastive similarity.
-
-    The student passed to the training loop is the teacher's own transformer run one modality at a time
-    (see :mod:`dcd_ext.students.vilt_towers`), so both terms train the same weights; the rank head, which
-    only the joint pass uses, is registered here so that it trains and is checkpointed too. The ranking
-    cross-entropy is reported as ``hard``.
-    """
-
-    def __init__(self, teacher, rank_head: nn.Module, k: int = 7):
-        super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be at least 1; got {k}")
-        self.teacher, self.rank_head, self.k = teacher, rank_head, k
-
-    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
-        con = ops().contrastive_loss(img, txt, logit_scale, img_ids=image_ids, txt_ids=image_ids)
-        i2t, t2i = mine_candidates(img.detach(), txt.detach(), self.k, image_ids)
-        pairs = both_way_pairs(i2t, t2i)
-        valid = (pairs >= 0).all(dim=1)
-        logits = torch.full((pairs.shape[0],), float("-inf"), device=img.device)
-        logits = logits.masked_scatter(valid, self.teacher.pair_logits(images, texts, pairs[valid].cpu()).to(img.device))
-        target = torch.zeros(img.shape[0], dtype=torch.int64, device=img.device)
-        n = i2t.numel()
-        rank = 0.5 * (F.cross_entropy(logits[:n].view_as(i2t), target) + F.cross_entropy(logits[n:].view_as(t2i), target))
-        return LossOutput(con + rank, con, hard=rank, teacher_pairs=int(valid.sum()))
 
 
 def first_row_of_id(ids: Tensor) -> Tensor:

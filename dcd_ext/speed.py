@@ -19,7 +19,6 @@ student's top-k is measured at both sizes directly (random unit vectors as the l
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
@@ -29,6 +28,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
+
+from .cli import make_parser, resolve_device
+from .files import write_text_atomically
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
 TARGET_SPEEDUP = 1000.0
@@ -238,9 +240,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dcd_ext.speed", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    p = make_parser("python -m dcd_ext.speed", __doc__.split("\n\n")[0])
     p.add_argument("--teachers", default="vilt,meter", help="comma-separated teachers to report: vilt, meter")
     p.add_argument("--gallery-measured", type=int, default=8, help="gallery images the teacher is actually timed on")
     p.add_argument("--gallery", type=int, default=5000, help="gallery size the report extrapolates to")
@@ -258,8 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train.components import resolve_device
-
     args = build_parser().parse_args(argv)
     kinds = [t.strip() for t in args.teachers.split(",") if t.strip()]
     unknown = [t for t in kinds if t not in SETUPS]
@@ -291,8 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         verdict = "meets" if result["meets_target"] else "misses"
         print(f"{result['config']}: {verdict} the {TARGET_SPEEDUP:,.0f}x target at G = {args.gallery:,}.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_text_atomically(args.json, json.dumps(report, indent=1) + "\n")
     return 0
 
 

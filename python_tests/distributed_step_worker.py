@@ -28,7 +28,7 @@ def main() -> None:
             student, batch, teacher = make_problem()
             share = split_batch(batch, world.size)[world.rank]
             loss_fn = make_loss(kind, teacher)
-            runner = StepRunner(wrap_for_world(student, loss_fn, world, device), student, loss_fn, device,
+            runner = StepRunner(wrap_for_world(student, world, device), student, loss_fn, device,
                                 accum_steps=accum, world=world)
             out = runner(share)
             loss = mean_over_ranks(world, {"loss": out.loss.item()}, device)["loss"]

@@ -35,8 +35,8 @@ def test_info_command_reports_the_build():
 
 
 def test_extension_built_for_another_torch_fails_with_rebuild_hint(monkeypatch):
-    from dcd_ext import _build_info, _loader
+    from dcd_ext import _loader
 
-    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
+    monkeypatch.setattr(_loader.build_info(), "TORCH_VERSION", "0.0.1")
     with pytest.raises(ImportError, match="built against torch 0.0.1.*pip install --no-build-isolation"):
         _loader.load_extension()

@@ -111,6 +111,32 @@ def small_model_checkpoint(path):
     return model, opt
 
 
+def test_a_format_2_checkpoint_of_a_student_and_loss_container_still_loads(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dcd_ext.train.checkpoint import digest
+
+    path = tmp_path / "new.safetensors"
+    model, opt = small_model_checkpoint(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    # format 2 kept the student in a {"student": ..., "loss": ...} container
+    old = {("model.student." + k[len("model."):] if k.startswith("model.") else k): v for k, v in tensors.items()}
+    old_path = tmp_path / "old.safetensors"
+    save_file(old, str(old_path), metadata={**meta, "format": "dcd_ext.train/2", "sha256": digest(old)})
+
+    fresh, fresh_opt = small_model_after_one_step()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_checkpoint(str(old_path), fresh, fresh_opt)
+    for (name, want), got in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(want, got), name
+    assert fresh_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
 def test_damaged_truncated_and_foreign_checkpoints_are_reported(tmp_path):
     path = tmp_path / "epoch_001.safetensors"
     model, opt = small_model_checkpoint(path)
@@ -130,7 +156,7 @@ def test_damaged_truncated_and_foreign_checkpoints_are_reported(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(CorruptCheckpointError, match="not a dcd_ext.train/2 training checkpoint"):
+    with pytest.raises(CorruptCheckpointError, match="not a dcd_ext.train/3 training checkpoint"):
         read_meta(str(foreign))
     # the intact file still loads, and restores what was saved
     fresh, _ = small_model_checkpoint(tmp_path / "other.safetensors")

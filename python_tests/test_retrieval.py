@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from dcd_ext.data import RetrievalSet, make_synthetic_split
-from dcd_ext.evaluate import (evaluate_student, evaluate_student_and_rerank, evaluate_teacher, format_table,
-                              student_rankings)
-from dcd_ext.retrieval import (METRIC_KEYS, rankings_from_scores, recall_at_k, rerank, score_split_pairs, search,
-                               teacher_rerank, teacher_score_matrix)
+from dcd_ext.retrieval import (METRIC_KEYS, evaluate_student, evaluate_student_and_rerank, evaluate_teacher,
+                               format_table, rankings_from_scores, recall_at_k, rerank, score_split_pairs, search,
+                               student_rankings, teacher_rerank, teacher_score_matrix)
 from dcd_ext.students import build_small_student
 from train_fixtures import FakeTeacher
 

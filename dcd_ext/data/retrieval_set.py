@@ -8,6 +8,8 @@ from typing import Sequence, Union
 
 from PIL import Image
 
+from .images import open_image
+
 ImageSource = Union[str, Image.Image]
 
 
@@ -62,13 +64,7 @@ class RetrievalSet:
 
     def load_image(self, i: int) -> Image.Image:
         src = self.images[i]
-        if isinstance(src, Image.Image):
-            return src
-        try:
-            with Image.open(src) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.name}: image file not found: {src}") from None
+        return src if isinstance(src, Image.Image) else open_image(src, self.name)
 
     def load_images(self, indices: Sequence[int]) -> list[Image.Image]:
         return [self.load_image(int(i)) for i in indices]

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_model, save_model
 
+from ..files import write_atomically, write_text_atomically
 from .dual_encoder import DualEncoder, StudentConfig
 from .small_towers import SmallTowers
 from .tokenizer import WordTokenizer, build_vocab
@@ -148,9 +149,8 @@ BUILDERS = {"small": lambda cfg, folder: small_from_config(cfg), "vilt": vilt_fr
 
 def save_student(model: DualEncoder, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(model.config.to_dict(), f, indent=1)
-    save_model(model, os.path.join(out_dir, WEIGHTS_FILE))
+    write_text_atomically(os.path.join(out_dir, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=1))
+    write_atomically(os.path.join(out_dir, WEIGHTS_FILE), lambda temp: save_model(model, temp))
     if isinstance(model.tokenizer, HFTokenizer):
         model.tokenizer.save(out_dir)
 

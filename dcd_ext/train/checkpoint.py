@@ -3,7 +3,7 @@ and loss state (queue, sampling generator), so a resumed run continues exactly w
 
 Tensors live under ``model.*``, ``optimizer.<param>.<name>`` and ``rank<r>.*``; everything else (optimizer
 hyper-parameters, progress, Python RNG states, the fp16 grad scaler) is JSON in the file's metadata, next to
-a SHA-256 of every tensor. Files are written to ``<name>.tmp``, flushed to disk and renamed, so a crash
+a SHA-256 of every tensor. Files are written to a temporary name, flushed to disk and renamed, so a crash
 leaves the previous checkpoint intact; a damaged file is reported by :class:`CorruptCheckpointError`.
 """
 
@@ -19,7 +19,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-FORMAT = "dcd_ext.train/2"
+from ..files import write_atomically
+
+FORMAT = "dcd_ext.train/3"
+# format 2 stored the student under ``model.student.*`` (a student + loss container); it still resumes
+READABLE_FORMATS = ("dcd_ext.train/2", FORMAT)
 SUFFIX = ".safetensors"
 
 
@@ -96,19 +100,7 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
                 "optimizer_scalars": json.dumps(scalars),
                 "python_rng": json.dumps([s["python_rng"] for s in rank_states]),
                 "sha256": digest(tensors)}
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    write_atomically(path, lambda temp: save_file(tensors, temp, metadata=metadata), durable=True)
 
 
 def read_meta(path: str) -> dict:
@@ -120,7 +112,7 @@ def read_meta(path: str) -> dict:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for truncated or garbled headers
         raise CorruptCheckpointError(path, f"not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise CorruptCheckpointError(path, f"not a {FORMAT} training checkpoint (format {meta.get('format')!r})")
     try:
         return {**meta, "progress": json.loads(meta["progress"]), "extra": json.loads(meta["extra"])}
@@ -156,8 +148,11 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: Optional[torch
     for key, value in tensors.items():
         group, _, rest = key.partition(".")
         groups.setdefault(group, {})[rest] = value
+    weights = groups.get("model", {})
+    if meta["format"] == "dcd_ext.train/2":
+        weights = {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
     model_device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(model_device) for k, v in groups.get("model", {}).items()})
+    model.load_state_dict({k: v.to(model_device) for k, v in weights.items()})
     if optimizer is not None:
         state: dict[int, dict] = {}
         for key, value in groups.get("optimizer", {}).items():
@@ -199,7 +194,7 @@ def remove_stale_temporaries(folder: str) -> None:
     """Half-written ``.tmp`` files a killed run left behind."""
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            if name.endswith(SUFFIX + ".tmp"):
+            if name.endswith(".tmp") and SUFFIX in name:
                 os.remove(os.path.join(folder, name))
 
 

@@ -13,12 +13,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..distributed import SINGLE, World, broadcast_object, device_for, init_process_group, shutdown, world_from_env
-from ..evaluate import evaluate_student, evaluate_student_and_rerank, evaluate_teacher, format_table
+from ..cli import load_teacher_from_args, resolve_device
+from ..distributed import SINGLE, World, broadcast_object, init_process_group, shutdown, world_from_env
+from ..retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
+from ..retrieval.metrics import format_table
 from ..students import save_student
 from .checkpoint import latest_checkpoint
-from .components import (build_student_from_args, load_data_from_args, load_teacher_from_args, make_loss,
-                         resolve_device, settings_from_args)
+from .components import build_student_from_args, load_data_from_args, make_loss, settings_from_args
 from .loop import Interrupted, train_student
 from .params import parse_args
 from .report import write_plots, write_report
@@ -96,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if world.distributed and args.demo:
         raise SystemExit("python -m dcd_ext.train: the built-in demo runs in one process; "
                          "under torchrun pass --data (and --teacher for DCD)")
-    device = device_for(world, args.device) if world.distributed else resolve_device(args.device)
+    device = resolve_device(args.device, world)
     if args.threads:
         torch.set_num_threads(args.threads)
     init_process_group(world, device)

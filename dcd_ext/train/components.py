@@ -1,4 +1,5 @@
-"""Turning parsed flags into the pieces of a run: device, data splits, teacher, student, loss, settings."""
+"""Turning parsed flags into the pieces of a run: data splits, student, loss, settings (the device and the
+teacher come from :mod:`dcd_ext.cli`, shared with the other commands)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..cli import teacher_kind
 from ..data import EmptySplitError, RetrievalSet, load_split
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
@@ -15,34 +17,6 @@ from ..students import (DualEncoder, build_meter_student, build_small_student, b
 from ..students.small_towers import default_channels
 from .loop import TrainSettings
 from .run_dir import get_logger
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"device: not a device name: {spec!r} (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {spec} was asked for but CUDA is not available")
-    return device
-
-
-def teacher_kind(path: str, kind: str = "auto") -> str:
-    """auto: a Hugging Face folder (config.json) is ViLT; a checkpoint file or a folder of one is METER."""
-    if kind != "auto":
-        return kind
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"teacher: not found: {path}")
-    return "vilt" if os.path.isfile(os.path.join(path, "config.json")) else "meter"
-
-
-def load_teacher_from_args(args: argparse.Namespace, device: torch.device):
-    from ..teachers import load_teacher
-
-    return load_teacher(teacher_kind(args.teacher, args.teacher_kind), args.teacher,
-                        tokenizer=args.teacher_tokenizer, device=device, micro_batch_size=args.teacher_batch_size)
 
 
 def optional_split(data: str, images: Optional[str], split: str, max_captions: int) -> Optional[RetrievalSet]:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import make_synthetic_split, vocabulary
-from ..evaluate import evaluate_student, evaluate_student_and_rerank, evaluate_teacher, format_table
+from ..retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
+from ..retrieval.metrics import format_table
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import build_small_student, load_student, save_student
 from ..students.factory import vilt_student_from_model

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data import BatchCollator, RetrievalSet, make_train_loader, steps_per_epoch
 from ..distributed import SINGLE, World, barrier, gather_objects, mean_over_ranks
-from ..evaluate import evaluate_student
+from ..retrieval.evaluation import evaluate_student
 from .checkpoint import (capture_rank_state, checkpoint_files, load_checkpoint, prune_checkpoints, read_meta,
                          remove_stale_temporaries, save_checkpoint)
 from .run_dir import RunDir, get_logger
@@ -83,12 +83,10 @@ def check_layout(settings: TrainSettings, world: World) -> None:
         raise ValueError(f"batch_size: {settings.batch_size} leaves fewer than 2 rows per process")
 
 
-def wrap_for_world(student: torch.nn.Module, loss_fn: torch.nn.Module, world: World, device: torch.device):
+def wrap_for_world(student: torch.nn.Module, world: World, device: torch.device):
     """The student itself, or its DistributedDataParallel wrapper (gradients averaged over processes)."""
     if not world.distributed:
         return student
-    if any(p.requires_grad for p in loss_fn.parameters()):
-        raise ValueError(f"{type(loss_fn).__name__} has weights of its own; it trains in one process only")
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -113,12 +111,9 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     per_epoch = steps_per_epoch(train_split, settings.batch_size)
     total = per_epoch * settings.epochs
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 20)
-    # a loss with weights of its own (the teacher's rank head while the demo teacher trains) trains with the
-    # student and is checkpointed with it
-    trained = torch.nn.ModuleDict({"student": student, "loss": loss_fn})
-    optimizer = make_optimizer(trained, settings.lr, settings.weight_decay)
+    optimizer = make_optimizer(student, settings.lr, settings.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
-    model = wrap_for_world(student, loss_fn, world, device)
+    model = wrap_for_world(student, world, device)
     runner = StepRunner(model, student, loss_fn, device, settings.precision, settings.accum_steps, world, scaler)
     ckpt_dir = run.checkpoint_dir(run_name)
     facts = schedule_facts(settings, world, total, warmup)
@@ -130,7 +125,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
             return None
         path = os.path.join(ckpt_dir, name)
         extra = {"schedule": facts, "scaler": scaler.state_dict() if scaler is not None else None}
-        save_checkpoint(path, trained, optimizer, {"epoch": epoch, "step": step, "global_step": global_step},
+        save_checkpoint(path, student, optimizer, {"epoch": epoch, "step": step, "global_step": global_step},
                         states, extra)
         for old in checkpoint_files(ckpt_dir):  # mid-epoch and interrupted files this one supersedes
             if old != path and not os.path.basename(old).startswith("epoch_"):
@@ -144,7 +139,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
         if changed:
             log.warning(f"[{run_name}] resuming with different settings, so not exactly where the run stopped: "
                         + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-        progress = load_checkpoint(resume_from, trained, optimizer, rank=world.rank, loss=loss_fn, device=device)
+        progress = load_checkpoint(resume_from, student, optimizer, rank=world.rank, loss=loss_fn, device=device)
         if scaler is not None and saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
         start_epoch, skip, global_step = progress["epoch"], progress["step"], progress["global_step"]
@@ -161,7 +156,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     log.info(f"[{run_name}] {settings.epochs} epochs x {per_epoch} steps of {settings.batch_size} captions"
              + (f" ({layout.rstrip(' x')})" if layout else "") + f" on {device} ({settings.precision})")
     for epoch in range(start_epoch, settings.epochs):
-        trained.train()
+        student.train()
         loader.sampler.set_epoch(epoch, skip)
         step_in_epoch, sums = skip, {}
         bar = tqdm(loader, total=per_epoch - skip, desc=f"{run_name} epoch {epoch + 1}/{settings.epochs}",
@@ -173,7 +168,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 out = runner(batch)
-                apply_update(trained, student, optimizer, scaler, settings.grad_clip)
+                apply_update(student, optimizer, scaler, settings.grad_clip)
                 global_step += 1
                 step_in_epoch += 1
                 row = mean_over_ranks(world, {**loss_terms(out), "teacher_pairs": out.teacher_pairs,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from ..cli import (add_device_argument, add_precision_argument, add_teacher_arguments, make_parser,
+                   non_negative_int, positive_float, positive_int, unit_float)
+from ..loss_options import KINDS, WEIGHTINGS
+
 RUN_DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-4, "k": 7, "alpha": 0.2, "image_size": 224,
                 "embed_dim": 256, "student_width": 256, "student_layers": 4, "teacher_pool": 32,
                 "rerank_k": 16}
@@ -16,51 +20,13 @@ RUN_DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-4, "k": 7, "alpha": 0.
 DEMO_SIZES = ("tiny", "default")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {text}")
-    return value
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only when it has a fixed one (mode-dependent defaults say so in their help)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m dcd_ext.train",
-        description="Train a dual-encoder student with dynamic contrastive distillation (DCD) from a "
+    p = make_parser(
+        "python -m dcd_ext.train",
+        "Train a dual-encoder student with dynamic contrastive distillation (DCD) from a "
                     "cross-encoder teacher. With no --data, --teacher or --student it runs the built-in demo: "
                     "a synthetic scene set, a small ViLT teacher trained (or reused from --cache-dir), a DCD "
-                    "student and a contrastive-only baseline, evaluated side by side.",
-        formatter_class=HelpFormatter)
+                    "student and a contrastive-only baseline, evaluated side by side.")
 
     data = p.add_argument_group("data")
     data.add_argument("--data", help="training data: a Karpathy split JSON (dataset_coco.json, "
@@ -80,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes")
 
     model = p.add_argument_group("models")
-    model.add_argument("--teacher", help="teacher: a local ViLT Hugging Face folder or a METER checkpoint file")
-    model.add_argument("--teacher-kind", choices=("auto", "vilt", "meter"), default="auto",
-                       help="teacher type; auto: a folder with config.json is ViLT, otherwise METER")
-    model.add_argument("--teacher-tokenizer", help="tokenizer folder (METER: RoBERTa; default: next to the teacher)")
-    model.add_argument("--teacher-batch-size", type=positive_int, default=256,
-                       help="pairs per teacher forward pass (scoring micro-batch)")
+    add_teacher_arguments(model)
     model.add_argument("--student", default=None,
                        help="student: 'small' (configurable towers), 'teacher' (towers initialised from the "
                             "teacher's weights), or a saved student folder (default: small)")
@@ -105,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--alpha", type=unit_float,
                       help=f"weight of distillation vs the hard term (default {RUN_DEFAULTS['alpha']})")
     loss.add_argument("--temperature", type=positive_float, default=1.0, help="distillation temperature T")
-    loss.add_argument("--distill-kind", choices=("kl", "mse"), default="kl",
+    loss.add_argument("--distill-kind", choices=KINDS, default="kl",
                       help="distillation term: KL of softmaxes, or MSE of logits (the authors' code)")
-    loss.add_argument("--weighting", choices=("dcd", "entropy", "wsl", "none"), default="dcd",
-                      help="per-sample dynamic weights (DESIGN section 2)")
+    loss.add_argument("--weighting", choices=WEIGHTINGS, default="dcd",
+                      help="per-sample dynamic weights (docs/design.md, 'Dynamic weights')")
     loss.add_argument("--con-weight", type=float, default=1.0, help="weight lambda of the contrastive term")
     loss.add_argument("--mine-by", choices=("student", "teacher"), default="student",
                       help="student: top-k of the student's similarities; teacher: the teacher ranks a random "
@@ -132,9 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--warmup", type=non_negative_int, help="linear warm-up steps before the cosine decay "
                      "(default: 5%% of all steps)")
     opt.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: off)")
-    opt.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                     help="student forward precision (autocast; weights and optimizer stay float32); fp16 needs CUDA")
-    opt.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_precision_argument(opt)
+    add_device_argument(opt)
     opt.add_argument("--threads", type=non_negative_int, default=0,
                      help="CPU threads for torch (0: torch's default, one per core); 1 is faster on a busy machine")
     opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and demo data")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..files import write_text_atomically
 from .run_dir import RunDir
 
 
@@ -92,8 +93,5 @@ def write_report(run: RunDir, title: str, command: str, sections: list[tuple[str
         parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if plots:
         parts += ["## Curves", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots] + [""]
-    path = run.file("report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
-    return path
+    return write_text_atomically(run.file("report.md"), "\n".join(parts))
 

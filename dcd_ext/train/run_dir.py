@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from ..files import write_text_atomically
+
 LOGGER_NAME = "dcd_ext.train"
 
 
@@ -42,13 +44,7 @@ class RunDir:
         return path
 
     def write_json(self, name: str, payload: Any) -> str:
-        path = self.file(name)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(jsonable(payload), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomically(self.file(name), json.dumps(jsonable(payload), indent=2) + "\n")
 
     def read_json(self, name: str) -> Optional[Any]:
         path = self.file(name)

@@ -64,11 +64,9 @@ class StepRunner:
     """Forward and backward of one step for ``student`` (``model`` is the student itself, or its
     DistributedDataParallel wrapper) and a loss, in ``world`` processes with ``accum_steps`` micro-batches."""
 
-    def __init__(self, model: nn.Module, student: nn.Module, loss: nn.Module, device: torch.device,
+    def __init__(self, model: nn.Module, student: nn.Module, loss: StudentLoss, device: torch.device,
                  precision: str = "fp32", accum_steps: int = 1, world: World = SINGLE,
                  scaler: Optional[torch.amp.GradScaler] = None):
-        if (accum_steps > 1 or world.distributed) and not isinstance(loss, StudentLoss):
-            raise ValueError(f"accum_steps: {type(loss).__name__} trains in one process with accum_steps 1 only")
         self.model, self.student, self.loss, self.device = model, student, loss, device
         self.precision, self.accum_steps, self.world, self.scaler = precision, accum_steps, world, scaler
 
@@ -79,10 +77,6 @@ class StepRunner:
         ids = batch.image_index.to(self.device)
         if self.accum_steps == 1:
             img, txt, scale = embed(self.model, batch, self.device, self.precision)
-            if not isinstance(self.loss, StudentLoss):
-                out = self.loss(img, txt, scale, ids, batch.images, batch.texts)
-                self.backward(out.loss)
-                return out
             targets = self.loss.prepare(img.detach(), txt.detach(), ids, batch.images, batch.texts)
             out = self.loss.compute(img, txt, scale, ids, targets, self.world)
             self.backward(out.loss)
@@ -125,12 +119,12 @@ class StepRunner:
         return out._replace(loss=out.loss.detach())
 
 
-def apply_update(trained: nn.Module, student: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: Optional[torch.amp.GradScaler], grad_clip: float) -> None:
+def apply_update(student: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
+                 grad_clip: float) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

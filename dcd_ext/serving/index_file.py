@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from ..files import write_atomically
 
 INDEX_FORMAT = "dcd_ext.gallery/1"
 MODALITIES = ("image", "text")
@@ -50,21 +50,6 @@ class GalleryIndex:
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` for a temporary file next to ``path``, then rename it onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 def save_index(index: GalleryIndex, path: str) -> None:

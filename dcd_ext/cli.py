@@ -1,0 +1,131 @@
+"""What every ``python -m dcd_ext.<command>`` shares: the parser style, flag types, device resolution and
+the teacher flags. Commands import this module; it imports no command and no training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from .distributed import SINGLE, World
+from .teachers import TEACHER_KINDS
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has a fixed one (mode-dependent defaults say so in their help)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser: defaults in --help, and no prefix abbreviations (``--epoch`` is not ``--epochs``)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                   allow_abbrev=False)
+
+
+def add_hidden_alias(parser, alias: str, dest: str, **kwargs) -> None:
+    """An old spelling of a flag that still works but is not shown in --help."""
+    parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive; got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {text}")
+    return value
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+
+
+def resolve_device(spec: str, world: World = SINGLE) -> torch.device:
+    """The device a ``--device`` value names. In a multi-process run each process takes its own GPU
+    (cuda:LOCAL_RANK), so there ``cuda`` may not name one."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device: not a device name: {spec!r} (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {spec} was asked for but CUDA is not available")
+    if device.type != "cuda" or not world.distributed:
+        return device
+    if device.index is not None:
+        raise ValueError(f"device: {spec} names one GPU, but torchrun gives each process its own "
+                         "(cuda:LOCAL_RANK); pass --device cuda")
+    if world.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"device: LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} GPUs")
+    torch.cuda.set_device(world.local_rank)
+    return torch.device("cuda", world.local_rank)
+
+
+TEACHER_KIND_HELP = "teacher type; auto: a folder with config.json is ViLT, otherwise (a checkpoint file) METER"
+
+
+def add_teacher_arguments(parser, required: bool = False, purpose: str = "teacher",
+                          batch_size: bool = True) -> None:
+    """--teacher, --teacher-kind, --teacher-tokenizer (old spelling --tokenizer) and --teacher-batch-size."""
+    parser.add_argument("--teacher", required=required,
+                        help=f"{purpose}: a local ViLT Hugging Face folder or a METER checkpoint file")
+    parser.add_argument("--teacher-kind", choices=("auto",) + TEACHER_KINDS, default="auto", help=TEACHER_KIND_HELP)
+    parser.add_argument("--teacher-tokenizer",
+                        help="tokenizer folder (METER: a RoBERTa folder; default: the folder of the teacher)")
+    add_hidden_alias(parser, "--tokenizer", "teacher_tokenizer")
+    if batch_size:
+        parser.add_argument("--teacher-batch-size", type=positive_int, default=256,
+                            help="pairs per teacher forward pass (scoring micro-batch)")
+
+
+def teacher_kind(path: str, kind: str = "auto") -> str:
+    """auto: a Hugging Face folder (config.json) is ViLT; a checkpoint file or a folder of one is METER."""
+    if kind != "auto":
+        return kind
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher: not found: {path}")
+    return "vilt" if os.path.isfile(os.path.join(path, "config.json")) else "meter"
+
+
+def load_teacher_from_args(args: argparse.Namespace, device: torch.device, **options):
+    """The teacher the --teacher flags describe, on ``device``."""
+    from .teachers import load_teacher
+
+    if "micro_batch_size" not in options and getattr(args, "teacher_batch_size", None):
+        options["micro_batch_size"] = args.teacher_batch_size
+    return load_teacher(teacher_kind(args.teacher, args.teacher_kind), args.teacher,
+                        tokenizer=getattr(args, "teacher_tokenizer", None), device=device, **options)
+
+
+def add_precision_argument(parser, choices=("fp32", "bf16", "fp16"), what: str = "student forward") -> None:
+    """--precision (old spelling --bf16 = --precision bf16)."""
+    parser.add_argument("--precision", choices=choices, default="fp32",
+                        help=f"{what} precision (autocast; weights stay float32)"
+                             + ("; fp16 needs CUDA" if "fp16" in choices else ""))
+    add_hidden_alias(parser, "--bf16", "precision", action="store_const", const="bf16")

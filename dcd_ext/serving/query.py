@@ -1,0 +1,113 @@
+"""Answering queries from a gallery index: the student's top k, optionally re-ordered by a teacher."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from ..data.images import open_image
+from ..retrieval.embedding import embed_items
+from ..retrieval.ranking import rerank
+from ..retrieval.teacher_scoring import score_unique_pairs
+from .index_file import GalleryIndex
+
+QUERY_FITS_INDEX = {"text": "image", "image": "text"}  # query modality -> the gallery it searches
+
+
+def read_query_file(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"queries: query file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def check_index_fits(index: GalleryIndex, index_path: str, query_modality: str) -> None:
+    wanted = QUERY_FITS_INDEX[query_modality]
+    if index.modality != wanted:
+        flag = "--text/--queries" if query_modality == "text" else "--image"
+        raise ValueError(f"index: {index_path} holds {index.modality} embeddings, but {query_modality} queries "
+                         f"({flag}) search a {wanted} index")
+
+
+def check_student_fits(index: GalleryIndex, index_path: str, student, student_dir: str) -> None:
+    width = student.config.embed_dim
+    if width != index.embed_dim:
+        raise ValueError(f"student: {student_dir} embeds to width {width}, but the index {index_path} holds "
+                         f"embeddings of width {index.embed_dim} (built by {index.student or 'an unknown student'})")
+
+
+def student_candidates(index: GalleryIndex, query_embeddings: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+    """(scores [Q, depth], gallery positions [Q, depth]) best first; positions -1 past the gallery."""
+    from .. import ops
+
+    gallery = index.embeddings.to(query_embeddings.device)
+    return ops.similarity_topk(query_embeddings, gallery, depth)
+
+
+def teacher_scores(teacher, index: GalleryIndex, queries: list[str], query_modality: str, positions: Tensor) -> Tensor:
+    """The teacher's score [Q, depth] of each query with each candidate (-inf where the position is -1)."""
+    q = torch.arange(positions.shape[0]).view(-1, 1).expand_as(positions)
+    valid = positions >= 0
+    # pairs are (image index, text index) into the image and text lists handed to score_pairs
+    used = torch.unique(positions[valid])
+    local = torch.full((len(index),), -1, dtype=torch.int64)
+    local[used] = torch.arange(used.numel())
+    cand = torch.where(valid, local[positions.clamp_min(0)], positions)
+    items = [index.sources[int(p)] for p in used]
+    if query_modality == "text":
+        images, texts = [open_image(p, "gallery") for p in items], queries
+        pairs = torch.stack([cand, torch.where(valid, q, -1)], dim=2)
+    else:
+        images, texts = [open_image(p, "query") for p in queries], items
+        pairs = torch.stack([torch.where(valid, q, -1), cand], dim=2)
+    scores = score_unique_pairs(lambda p: teacher.score_pairs(images, texts, p), pairs.reshape(-1, 2))
+    return scores.cpu().view(positions.shape)
+
+
+def search_index(index: GalleryIndex, student, queries: list[str], query_modality: str, k: int = 10,
+                 teacher=None, rerank_depth: int = 0, device="cpu") -> list[list[dict]]:
+    """For each query, its top ``k`` gallery items as dicts (rank, id, name, score, student_score, teacher_score).
+
+    ``score`` is the teacher's score for the re-ranked head and the student's otherwise.
+    """
+    if k < 1:
+        raise ValueError(f"k: must be at least 1; got {k}")
+    depth = rerank_depth if teacher is not None else 0
+    query_embeddings = embed_items(student, queries, query_modality, device=device, source="query")
+    student_score, positions = student_candidates(index, query_embeddings.to(device), max(k, depth))
+    student_score, positions = student_score.cpu(), positions.cpu()
+    teacher_score = None
+    if depth > 0:
+        head = teacher_scores(teacher, index, queries, query_modality, positions[:, :depth])
+        # re-order column numbers so positions, student scores and teacher scores move together
+        order = rerank(torch.arange(positions.shape[1]).expand_as(positions), head, depth)
+        positions, student_score = positions.gather(1, order), student_score.gather(1, order)
+        teacher_score = head.gather(1, order[:, :depth])
+    results = []
+    for qi in range(len(queries)):
+        hits = []
+        for rank in range(k):
+            pos = int(positions[qi, rank])
+            if pos < 0:
+                break
+            t = None if teacher_score is None or rank >= depth else float(teacher_score[qi, rank])
+            s = float(student_score[qi, rank])
+            hits.append({"rank": rank + 1, "id": int(index.ids[pos]), "name": index.names[pos],
+                         "score": t if t is not None else s, "student_score": s, "teacher_score": t})
+        results.append(hits)
+    return results
+
+
+def format_results(queries: list[str], results: list[list[dict]]) -> str:
+    lines = []
+    for query, hits in zip(queries, results):
+        lines.append(f"query: {query}")
+        reranked = any(h["teacher_score"] is not None for h in hits)
+        lines.append("  rank        id    student" + ("    teacher" if reranked else "") + "  name")
+        for h in hits:
+            teacher = "" if not reranked else (f" {h['teacher_score']:10.4f}" if h["teacher_score"] is not None
+                                               else " " * 11)
+            lines.append(f"  {h['rank']:4d} {h['id']:9d} {h['student_score']:10.4f}{teacher}  {h['name']}")
+    return "\n".join(lines)
