@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="saved student folder (a run's student_* folder)")
     p.add_argument("--teacher", help="teacher: a local ViLT folder or a METER checkpoint file")
     p.add_argument("--teacher-kind", choices=("auto", "vilt", "meter"), default="auto", help="teacher type")
-    p.add_argument("--teacher-tokenizer", help="tokenizer folder (METER: RoBERTa; default: next to the teacher)")
+    p.add_argument("--teacher-tokenizer",
+                   help="tokenizer folder (METER: RoBERTa; its config.json, if any, sets the text encoder's "
+                        "heads etc.; default: next to the teacher)")
     p.add_argument("--teacher-batch-size", type=int, default=256, help="pairs per teacher forward pass")
     p.add_argument("--data", required=True, help="Karpathy split JSON or .csv/.tsv/.jsonl pair table")
     p.add_argument("--images", help="image root folder")

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="cross-encoder teacher for re-ranking: a ViLT folder or a METER checkpoint")
     p.add_argument("--teacher-kind", choices=("auto", "vilt", "meter"), default="auto",
                    help="teacher type (auto: a folder is ViLT, a file METER)")
-    p.add_argument("--tokenizer", help="METER only: local RoBERTa tokenizer folder")
+    p.add_argument("--tokenizer", help="METER only: local RoBERTa folder (tokenizer files; its config.json, "
+                                        "if any, sets the text encoder's heads etc.)")
     p.add_argument("--rerank-depth", type=int, help="student candidates the teacher re-orders per query "
                                                      "(default: k when --teacher is given)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

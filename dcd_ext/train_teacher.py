@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-root", default=None, help="directory relative image paths start from (default: the table's)")
     parser.add_argument("--teacher-kind", required=True, choices=TEACHER_KINDS)
     parser.add_argument("--teacher", required=True, help="ViLT Hugging Face directory or METER checkpoint")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (METER: RoBERTa; default: next to the checkpoint)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (METER: RoBERTa; its config.json, if any, sets the text "
+                             "encoder's heads etc.; default: next to the checkpoint)")
     parser.add_argument("--out", required=True, help="directory to save the fine-tuned teacher to")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8, help="anchor captions per step")

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--teacher", help="teacher: a local ViLT Hugging Face folder or a METER checkpoint file")
     model.add_argument("--teacher-kind", choices=("auto", "vilt", "meter"), default="auto",
                        help="teacher type; auto: a folder with config.json is ViLT, otherwise METER")
-    model.add_argument("--teacher-tokenizer", help="tokenizer folder (METER: RoBERTa; default: next to the teacher)")
+    model.add_argument("--teacher-tokenizer",
+                       help="tokenizer folder (METER: RoBERTa; its config.json, if any, sets the text encoder's "
+                            "heads etc.; default: next to the teacher)")
     model.add_argument("--teacher-batch-size", type=positive_int, default=256,
                        help="pairs per teacher forward pass (scoring micro-batch)")
     model.add_argument("--student", default=None,
