@@ -19,7 +19,7 @@ from .tokenizer import WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-TEXT_MAX_LENGTH = 40  # the teachers' text length (DESIGN section 6)
+TEXT_MAX_LENGTH = 40  # the teachers' text length (docs/design.md section 5.1)
 
 
 class HFTokenizer:
