@@ -29,7 +29,7 @@ from torch import Tensor
 from ..checkpoint_io import CheckpointError, load_checkpoint_file
 from .config import MeterConfig
 from .model import MeterForRetrieval
-from .text_config import read_roberta_config, roberta_config_of, text_sizes_from_roberta
+from .text_config import ROBERTA_CONFIG_FILE, read_roberta_config, roberta_config_of, text_sizes_from_roberta
 from .vision import resize_position_embedding
 
 __all__ = [
@@ -246,9 +246,14 @@ def load_meter_checkpoint(path, *, roberta_dir=None, image_size: int | None = No
         state["rank_output.bias"] = state["itm_score.fc.bias"][1:]
         report.derived += ["rank_output.weight", "rank_output.bias"]
     roberta = read_roberta_config(roberta_dir) if roberta_dir is not None else None
-    roberta_source = f"{Path(roberta_dir) / 'config.json'}" if roberta is not None else "the RoBERTa config"
+    if roberta is not None:
+        report.text_config = str(Path(roberta_dir) / ROBERTA_CONFIG_FILE)
+    elif isinstance(hparams.get(TEXT_ENCODER_HPARAM), Mapping):
+        report.text_config = f"hyper_parameters.config.{TEXT_ENCODER_HPARAM}"
+    else:
+        report.text_config = "shape rules (heads = width // 64)"
     try:
-        config = meter_config_from_state_dict(state, hparams, roberta=roberta, roberta_source=roberta_source,
+        config = meter_config_from_state_dict(state, hparams, roberta=roberta, roberta_source=report.text_config,
                                               attn_implementation=attn_implementation, dropout=dropout)
     except (TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, CheckpointError):
@@ -276,12 +281,6 @@ def load_meter_checkpoint(path, *, roberta_dir=None, image_size: int | None = No
     if wrong:
         raise CheckpointError(f"{path} has weights of unexpected shape: {wrong[:8]}")
     model.load_state_dict({k: internal[k] for k in expected}, strict=True)
-    if roberta is not None:
-        report.text_config = roberta_source
-    elif isinstance(hparams.get(TEXT_ENCODER_HPARAM), Mapping):
-        report.text_config = f"hyper_parameters.config.{TEXT_ENCODER_HPARAM}"
-    else:
-        report.text_config = "shape rules (heads = width // 64)"
     model.load_report = report
     return model.eval()
 
