@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU check for a machine with a GPU and no network (DESIGN section 5):
+# One-command GPU check for a machine with a GPU and no network (docs/design.md section 8):
 #   bash bench/gpu_check.sh
 # builds dcd_ext against the installed torch, runs the CUDA tests (against the CPU kernels and the
 # reference), runs the GPU benchmarks and prints a short table last. With $OUT set, the full output

@@ -50,7 +50,7 @@ DistillInputs prepare(const at::Tensor& anchors, const at::Tensor& pool, const a
                        temperature, parse_kind(kind)};
 }
 
-// (distillation weight, hard weight) per anchor, DESIGN section 2.
+// (distillation weight, hard weight) per anchor, docs/design.md section 3.3 (zero-sum cases: section 3.5).
 std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, c10::string_view weighting) {
   const auto n = static_cast<double>(stats.size(0));
   auto hard = stats.select(1, 1), entropy = stats.select(1, 2), ce_teacher = stats.select(1, 3);

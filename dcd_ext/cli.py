@@ -97,7 +97,8 @@ def add_teacher_arguments(parser, required: bool = False, purpose: str = "teache
                         help=f"{purpose}: a local ViLT Hugging Face folder or a METER checkpoint file")
     parser.add_argument("--teacher-kind", choices=("auto",) + TEACHER_KINDS, default="auto", help=TEACHER_KIND_HELP)
     parser.add_argument("--teacher-tokenizer",
-                        help="tokenizer folder (METER: a RoBERTa folder; default: the folder of the teacher)")
+                        help="tokenizer folder (METER: a RoBERTa folder; its config.json, if any, sets the text "
+                             "encoder's heads etc.; default: the folder of the teacher)")
     add_hidden_alias(parser, "--tokenizer", "teacher_tokenizer")
     if batch_size:
         parser.add_argument("--teacher-batch-size", type=positive_int, default=256,

@@ -1,6 +1,7 @@
 """Public DCD operators (``torch.ops.dcd_ext.*``) with argument checks, fake kernels and autograd.
 
-The math of every operator is DESIGN section 2; :mod:`dcd_ext.reference` holds plain-PyTorch versions.
+The math of every operator is docs/design.md section 3 and its contract section 4;
+:mod:`dcd_ext.reference` holds plain-PyTorch versions.
 Each operator runs blockwise and never allocates an N x M buffer.
 """
 

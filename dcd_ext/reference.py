@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the four DCD operators (DESIGN section 2).
+"""Plain-PyTorch references of the four DCD operators (docs/design.md section 3).
 
 They materialise the full similarity matrix, so they are the naive baseline of the benchmarks and the
 independent oracle of the tests. All math runs in float32 (float64 for float64 inputs); outputs follow
@@ -91,7 +91,7 @@ def candidate_logits(anchors: Tensor, pool: Tensor, cand: Tensor, logit_scale: T
 
 
 def dynamic_weights(t: Tensor, z: Tensor, valid: Tensor, weighting: str) -> tuple[Tensor, Tensor]:
-    """Per-sample (distillation, hard) weights of DESIGN section 2, detached."""
+    """Per-sample (distillation, hard) weights of docs/design.md section 3.3, detached."""
     t, z = t.detach(), z.detach()
     n = t.shape[0]
     tm = t.masked_fill(~valid, NEG_INF)

@@ -88,9 +88,10 @@ def _clip_visual(sd, pixels):
     return _ln(sd, p + "ln_post", x.permute(1, 0, 2), 1e-5)
 
 
-def _roberta(sd, ids, mask, pad=1):
+def _roberta(sd, ids, mask, pad=1, heads=None):
     p = "text_transformer."
     hidden = sd[p + "embeddings.word_embeddings.weight"].shape[1]
+    heads = heads or hidden // 64
     not_pad = ids.ne(pad).long()
     positions = torch.cumsum(not_pad, dim=1) * not_pad + pad
     x = (sd[p + "embeddings.word_embeddings.weight"][ids] + sd[p + "embeddings.position_embeddings.weight"][positions]
@@ -99,13 +100,14 @@ def _roberta(sd, ids, mask, pad=1):
     layers = sorted({int(k.split(".")[3]) for k in sd if k.startswith(p + "encoder.layer.")})
     for i in layers:
         prefix = f"{p}encoder.layer.{i}."
-        x = _bert_attention(sd, prefix + "attention.", x, x, _extended(mask), hidden // 64, 1e-5)
+        x = _bert_attention(sd, prefix + "attention.", x, x, _extended(mask), heads, 1e-5)
         x = _bert_ffn(sd, prefix, x, 1e-5)
     return x
 
 
-def official_logits(sd, hparams, ids, mask, pixels):
-    text = _lin(sd, "cross_modal_text_transform", _roberta(sd, ids, mask))
+def official_logits(sd, hparams, ids, mask, pixels, text_states=None):
+    """``text_states``: the RoBERTa output to use instead of ``_roberta``'s (width // 64 heads)."""
+    text = _lin(sd, "cross_modal_text_transform", _roberta(sd, ids, mask) if text_states is None else text_states)
     image = _lin(sd, "cross_modal_image_transform", _clip_visual(sd, pixels))
     image_mask = torch.ones(image.shape[:2], dtype=torch.long)
     text = text + sd["token_type_embeddings.weight"][0]

@@ -1,5 +1,5 @@
-// Per-anchor candidate math: values against a direct transcription of DESIGN section 2, and the
-// gradient against central finite differences.
+// Per-anchor candidate math: values against a direct transcription of docs/design.md sections 3.2-3.3,
+// and the gradient against central finite differences.
 #include <memory>
 #include <random>
 #include <vector>

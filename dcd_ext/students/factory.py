@@ -20,7 +20,7 @@ from .tokenizer import WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-TEXT_MAX_LENGTH = 40  # the teachers' text length (DESIGN section 6)
+TEXT_MAX_LENGTH = 40  # the teachers' text length (docs/design.md section 5.1)
 
 
 class HFTokenizer:
@@ -126,7 +126,7 @@ def build_meter_student(checkpoint: str, tokenizer_dir: str, embed_dim: int = 25
     from ..teachers.tokenizer_files import load_roberta_tokenizer
     from .meter_towers import MeterTowers
 
-    meter = load_meter_checkpoint(checkpoint)
+    meter = load_meter_checkpoint(checkpoint, roberta_dir=tokenizer_dir)  # its config.json sets RoBERTa's heads
     towers = MeterTowers.from_meter(meter)
     max_length = min(TEXT_MAX_LENGTH, meter.config.max_text_len)
     config = StudentConfig(kind="meter", embed_dim=embed_dim, image_size=towers.image_size,

@@ -25,9 +25,11 @@ class MeterTowers(nn.Module):
         return cls(model.visual, model.text_transformer, model.config.image_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str) -> "MeterTowers":
+    def from_checkpoint(cls, path: str, roberta_dir: str | None = None) -> "MeterTowers":
+        """``roberta_dir``: the RoBERTa folder whose config.json gives the text encoder's heads (see
+        ``load_meter_checkpoint``)."""
         from ..teachers.meter import load_meter_checkpoint
-        return cls.from_meter(load_meter_checkpoint(path))
+        return cls.from_meter(load_meter_checkpoint(path, roberta_dir=roberta_dir))
 
     @classmethod
     def from_config(cls, backbone: dict) -> "MeterTowers":

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--distill-kind", choices=KINDS, default="kl",
                       help="distillation term: KL of softmaxes, or MSE of logits (the authors' code)")
     loss.add_argument("--weighting", choices=WEIGHTINGS, default="dcd",
-                      help="per-sample dynamic weights (docs/design.md, 'Dynamic weights')")
+                      help="per-sample dynamic weights (docs/design.md section 3.3)")
     loss.add_argument("--con-weight", type=float, default=1.0, help="weight lambda of the contrastive term")
     loss.add_argument("--mine-by", choices=("student", "teacher"), default="student",
                       help="student: top-k of the student's similarities; teacher: the teacher ranks a random "

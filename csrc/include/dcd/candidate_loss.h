@@ -1,6 +1,7 @@
-// Per-anchor math of the candidate (distillation) terms of DESIGN section 2 (the batch-level dynamic
-// weights are a handful of vector ops over these stats, done in the operator glue). Inputs for one anchor: teacher logits t[K1], student logits z[K1] and a validity
-// mask (slot 0, the positive, is always valid). Torch-free.
+// Per-anchor math of the candidate (distillation) terms of docs/design.md section 3.2 (the batch-level
+// dynamic weights of section 3.3 are a handful of vector ops over these stats, done in the operator glue).
+// Inputs for one anchor: teacher logits t[K1], student logits z[K1] and a validity mask (slot 0, the
+// positive, is always valid; absent slots follow section 3.5). Torch-free.
 #pragma once
 
 #include "dcd/macros.h"

@@ -10,7 +10,8 @@ Official ``state_dict`` keys (``METERTransformerSS``):
 Known keys that retrieval does not use (``itm_score``, ``mlm_score``, the RoBERTa pooler, CLIP's
 unused text-side ``vit_model.positional_embedding``/``ln_final``, ``position_ids`` buffers) are
 ignored; any other extra key is reported as unexpected; a missing key is an error. Sizes are read
-off tensor shapes; head counts follow the official builders (CLIP and RoBERTa: width // 64; the
+off tensor shapes; head counts follow the official builders (CLIP: width // 64; RoBERTa: the RoBERTa
+folder's ``config.json`` when one is given, see ``text_config.py``, else width // 64; the
 co-attention layers: ``hyper_parameters.config.num_heads``, else hidden // 64).
 """
 
@@ -28,6 +29,7 @@ from torch import Tensor
 from ..checkpoint_io import CheckpointError, load_checkpoint_file
 from .config import MeterConfig
 from .model import MeterForRetrieval
+from .text_config import ROBERTA_CONFIG_FILE, read_roberta_config, roberta_config_of, text_sizes_from_roberta
 from .vision import resize_position_embedding
 
 __all__ = [
@@ -74,6 +76,7 @@ class LoadReport:
     derived: list[str] = field(default_factory=list)      # e.g. rank_output from itm_score
     resized: list[str] = field(default_factory=list)      # e.g. positional embedding 24x24 -> 18x18
     hparams: dict = field(default_factory=dict)           # hyper_parameters["config"], if present
+    text_config: str = ""  # where the RoBERTa heads/eps came from: a config.json, the hparams, or shape rules
 
 
 def official_to_internal(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str], list[str]]:
@@ -147,8 +150,17 @@ def _require(state: Mapping[str, Tensor], key: str) -> Tensor:
     return state[key]
 
 
-def meter_config_from_state_dict(state: Mapping[str, Tensor], hparams: Mapping | None = None, **overrides) -> MeterConfig:
-    """Architecture sizes of an official-layout METER state dict, read off its tensor shapes."""
+# Written by save_meter_checkpoint (official checkpoints lack it): the text encoder's RoBERTa attributes.
+TEXT_ENCODER_HPARAM = "text_encoder_config"
+
+
+def meter_config_from_state_dict(state: Mapping[str, Tensor], hparams: Mapping | None = None, *,
+                                 roberta: Mapping | None = None, roberta_source: str = "the RoBERTa config",
+                                 **overrides) -> MeterConfig:
+    """Architecture of an official-layout METER state dict: sizes read off its tensor shapes, the text
+    encoder's other attributes from ``roberta`` (a RoBERTa ``config.json``'s contents, checked against the
+    shapes; ``roberta_source`` names it in errors), else from ``hparams["text_encoder_config"]``, else
+    the official shape rule (heads = width // 64, roberta-base's eps)."""
     hparams = dict(hparams or {})
     if "swin" in str(hparams.get("vit", "")).lower():
         raise CheckpointError("METER checkpoints with a Swin image encoder are not supported (CLIP-ViT only)")
@@ -189,6 +201,10 @@ def meter_config_from_state_dict(state: Mapping[str, Tensor], hparams: Mapping |
     if text_transform.shape[1] != text_hidden:
         raise CheckpointError(f"cross_modal_text_transform expects {text_transform.shape[1]}-d text features, "
                               f"the RoBERTa encoder gives {text_hidden}")
+    if roberta is None and isinstance(hparams.get(TEXT_ENCODER_HPARAM), Mapping):
+        roberta, roberta_source = hparams[TEXT_ENCODER_HPARAM], f"hyper_parameters.config.{TEXT_ENCODER_HPARAM}"
+    if roberta is not None:
+        sizes.update(text_sizes_from_roberta(roberta, sizes, roberta_source))
     sizes.update(overrides)
     return MeterConfig(**sizes)
 
@@ -205,11 +221,17 @@ def _unwrap(obj, path: Path) -> tuple[dict[str, Tensor], dict]:
     return dict(state), dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
-def load_meter_checkpoint(path, *, image_size: int | None = None, allow_pickle: bool = False,
+def load_meter_checkpoint(path, *, roberta_dir=None, image_size: int | None = None, allow_pickle: bool = False,
                           attn_implementation: str = "sdpa", dropout: float = 0.1,
                           warn_unexpected: bool = True) -> MeterForRetrieval:
     """Load an official METER fine-tuned checkpoint (e.g. ``meter_clip16_288_roberta_flickr.ckpt``)
     into a :class:`MeterForRetrieval` in eval mode on the CPU.
+
+    ``roberta_dir``: the RoBERTa folder the checkpoint was trained with (the official
+    ``config["tokenizer"]``). Its ``config.json``, when present, gives the text encoder's heads, eps,
+    activation and padding index, as the official builder's ``RobertaModel.from_pretrained`` does, and
+    must agree with the checkpoint's tensor shapes (``CheckpointError``, a ValueError, naming the file
+    and the field otherwise). Without one, RoBERTa's heads follow the width // 64 rule.
 
     ``image_size`` resizes the CLIP positional embedding (bicubic, as METER does) when it differs
     from the checkpoint's resolution. Loading is ``weights_only`` (see ``checkpoint_io``);
@@ -223,8 +245,16 @@ def load_meter_checkpoint(path, *, image_size: int | None = None, allow_pickle: 
         state["rank_output.weight"] = state["itm_score.fc.weight"][1:]
         state["rank_output.bias"] = state["itm_score.fc.bias"][1:]
         report.derived += ["rank_output.weight", "rank_output.bias"]
+    roberta = read_roberta_config(roberta_dir) if roberta_dir is not None else None
+    if roberta is not None:
+        report.text_config = str(Path(roberta_dir) / ROBERTA_CONFIG_FILE)
+    elif isinstance(hparams.get(TEXT_ENCODER_HPARAM), Mapping):
+        report.text_config = f"hyper_parameters.config.{TEXT_ENCODER_HPARAM}"
+    else:
+        report.text_config = "shape rules (heads = width // 64)"
     try:
-        config = meter_config_from_state_dict(state, hparams, attn_implementation=attn_implementation, dropout=dropout)
+        config = meter_config_from_state_dict(state, hparams, roberta=roberta, roberta_source=report.text_config,
+                                              attn_implementation=attn_implementation, dropout=dropout)
     except (TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, CheckpointError):
             raise CheckpointError(f"{path}: {exc}") from exc
@@ -255,9 +285,12 @@ def load_meter_checkpoint(path, *, image_size: int | None = None, allow_pickle: 
     return model.eval()
 
 
-def save_meter_checkpoint(model: MeterForRetrieval, path, *, extra_state: Mapping[str, Tensor] | None = None) -> Path:
+def save_meter_checkpoint(model: MeterForRetrieval, path, *, extra_state: Mapping[str, Tensor] | None = None,
+                          text_encoder_config: bool = True) -> Path:
     """Save ``model`` in the official Lightning layout (``{"state_dict", "hyper_parameters"}``) so
-    that :func:`load_meter_checkpoint` (or the official code) reads it."""
+    that :func:`load_meter_checkpoint` (or the official code) reads it. ``text_encoder_config`` also
+    stores the RoBERTa attributes (heads, eps, ...) in the hyper-parameters, so that reloading needs no
+    RoBERTa ``config.json``; False writes only what official checkpoints hold."""
     from ... import __version__
 
     path = Path(path)
@@ -278,6 +311,8 @@ def save_meter_checkpoint(model: MeterForRetrieval, path, *, extra_state: Mappin
         "vit": f"ViT/{config.vision_patch_size}",
         "loss_names": {"irtr": 1},
     }
+    if text_encoder_config:
+        hparams[TEXT_ENCODER_HPARAM] = roberta_config_of(config)
     torch.save({"state_dict": state, "hyper_parameters": {"config": hparams},
                 "epoch": 0, "global_step": 0, "dcd_ext_version": __version__}, path)
     return path

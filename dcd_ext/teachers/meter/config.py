@@ -19,7 +19,8 @@ class MeterConfig:
     vision_mlp: int = 3072
     image_size: int = 384
     vision_layer_norm_eps: float = 1e-5
-    # Text encoder: RoBERTa (roberta-base sizes by default).
+    # Text encoder: RoBERTa (roberta-base by default). Sizes come from the checkpoint's tensors; heads,
+    # eps, activation and padding index from the RoBERTa folder's config.json when one is given.
     vocab_size: int = 50265
     text_hidden: int = 768
     text_layers: int = 12
@@ -29,6 +30,7 @@ class MeterConfig:
     text_type_vocab_size: int = 1
     text_pad_token_id: int = 1
     text_layer_norm_eps: float = 1e-5
+    text_hidden_act: str = "gelu"
     # Co-attention ("top") layers: BertCrossLayer built from a default RobertaConfig in the official
     # code, hence layer_norm_eps 1e-12 and erf-GELU.
     hidden: int = 768

@@ -39,6 +39,7 @@ def _roberta(config: MeterConfig) -> nn.Module:
         type_vocab_size=config.text_type_vocab_size,
         pad_token_id=config.text_pad_token_id,
         layer_norm_eps=config.text_layer_norm_eps,
+        hidden_act=config.text_hidden_act,
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.dropout,
     )

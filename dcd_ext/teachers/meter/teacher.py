@@ -86,7 +86,9 @@ def load_meter_teacher(path, *, tokenizer=None, device=None, micro_batch_size: i
     """Load a METER teacher from an official fine-tuned checkpoint file (or a directory written by
     :meth:`MeterTeacher.save`) plus a local RoBERTa tokenizer directory.
 
-    ``tokenizer`` defaults to the checkpoint's directory when that holds tokenizer files.
+    ``tokenizer`` defaults to the checkpoint's directory when that holds tokenizer files. When it also
+    holds a ``config.json`` (a RoBERTa folder such as roberta-base), the text encoder's architecture
+    comes from it, as in the official builder (see :func:`load_meter_checkpoint`).
     ``image_size`` resizes the positional embedding (and the preprocessing) to a new resolution;
     ``dropout`` applies in training mode only (fine-tuning; METER's default is 0.1)."""
     path = Path(path)
@@ -99,8 +101,8 @@ def load_meter_teacher(path, *, tokenizer=None, device=None, micro_batch_size: i
                 f"and no tokenizer files next to {checkpoint}"
             )
     text_tokenizer = load_roberta_tokenizer(tokenizer)
-    model = load_meter_checkpoint(checkpoint, image_size=image_size, allow_pickle=allow_pickle,
-                                  attn_implementation=attn_implementation, dropout=dropout)
+    model = load_meter_checkpoint(checkpoint, roberta_dir=tokenizer, image_size=image_size,
+                                  allow_pickle=allow_pickle, attn_implementation=attn_implementation, dropout=dropout)
     if len(text_tokenizer) > model.config.vocab_size:
         raise CheckpointError(
             f"tokenizer {tokenizer} has {len(text_tokenizer)} tokens but the checkpoint's RoBERTa "
