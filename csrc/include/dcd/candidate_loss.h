@@ -5,10 +5,9 @@
 
 #include "dcd/macros.h"
 #include "dcd/math.h"
+#include "dcd/options.h"
 
 namespace dcd {
-
-enum class DistillKind : int { kKL = 0, kMSE = 1 };
 
 template <typename acc_t>
 struct CandidateRowStats {

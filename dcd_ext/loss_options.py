@@ -1,0 +1,8 @@
+"""Names of the distillation kinds and the dynamic weighting schemes (DESIGN section 2).
+
+The one Python definition, shared by :mod:`dcd_ext.ops`, :mod:`dcd_ext.losses` and the training
+command line; ``csrc/include/dcd/options.h`` lists the same names, in the same order, for the kernels.
+"""
+
+KINDS = ("kl", "mse")
+WEIGHTINGS = ("none", "entropy", "wsl", "dcd")
