@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, Weig
   auto e = at::where(sum_h.gt(0), entropy * (n / sum_h), ones);
   auto frac = at::where(sum_h.gt(0), entropy / sum_h, at::zeros_like(entropy));
   auto rho = at::softmax((1 - frac).square(), 0) * n;
-  auto omega = 1 - at::exp(-at::clamp_min(hard / (ce_teacher + 1e-7), 0));
+  auto omega = -at::expm1(-at::clamp_min(hard / (ce_teacher + 1e-7), 0));  // 1 - exp(-x), exact for small x
   if (weighting == Weighting::kEntropy) return {rho, e};
   if (weighting == Weighting::kWSL) return {omega, ones};
   auto wd = rho * omega;
