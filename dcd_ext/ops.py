@@ -36,7 +36,7 @@ ScaleLike = Union[Tensor, float]
 # these wrappers. The wrappers only convert what the schemas cannot take, with a TypeError naming the
 # argument where a value cannot be converted.
 
-def _tensors(required: dict, optional: dict = None) -> None:
+def _tensors(required: dict, optional: Optional[dict] = None) -> None:
     for name, t in required.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
