@@ -3,7 +3,9 @@
 Environment switches (flash-attention style):
   DCD_SKIP_CUDA=1        build the CPU kernels only, even where nvcc and a CUDA torch exist
   DCD_FORCE_CUDA=1       fail instead of falling back to a CPU-only build when CUDA is unavailable
-  TORCH_CUDA_ARCH_LIST   CUDA architectures, default "8.0;9.0" (needed where no GPU can be detected)
+  TORCH_CUDA_ARCH_LIST   CUDA architectures, default "8.0;9.0+PTX" (needed where no GPU can be detected; the
+                         PTX of the newest one lets newer GPUs run it); entries this nvcc cannot target are
+                         dropped with a message
   MAX_JOBS               parallel compile jobs (ninja), default: number of cores
   DCD_CPU_ARCH           value of -march for the CPU kernels, default "native"; "" leaves it out
   DCD_DEBUG=1            -O0 -g builds
@@ -11,7 +13,9 @@ Environment switches (flash-attention style):
 
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 # /usr/local/bin/nvcc may be a wrapper that misleads torch's CUDA_HOME detection.
 if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
@@ -38,6 +42,30 @@ def want_cuda() -> bool:
     if not ok and env_flag("DCD_FORCE_CUDA"):
         sys.exit(f"DCD_FORCE_CUDA=1 but torch.version.cuda={torch.version.cuda} and CUDA_HOME={CUDA_HOME}")
     return ok
+
+
+def nvcc_targets(nvcc: Path) -> set[str]:
+    """The compute capabilities nvcc can compile for, as "7.5", "10.0", ... (empty if it cannot say)."""
+    try:
+        listed = subprocess.run([str(nvcc), "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return set()
+    return {f"{m[1]}.{m[2]}" for m in re.finditer(r"compute_(\d+)(\d)\b", listed)}
+
+
+def usable_arch_list(arch_list: str, targets: set[str]) -> str:
+    """TORCH_CUDA_ARCH_LIST without the numeric entries nvcc cannot target (CUDA 13 dropped sm_70 and older),
+    so a preset list such as "7.0 7.5 8.0 8.6 9.0+PTX" still builds."""
+    kept, dropped = [], []
+    for entry in re.split(r"[;\s]+", arch_list.strip()):
+        number = re.match(r"(\d+\.\d+)", entry)
+        (dropped if targets and number and number[1] not in targets else kept).append(entry)
+    if not kept:
+        sys.exit(f"TORCH_CUDA_ARCH_LIST={arch_list!r}: nvcc can target none of these (it knows "
+                 f"{', '.join(sorted(targets, key=float))}); set another list or DCD_SKIP_CUDA=1")
+    if dropped:
+        print(f"dcd_ext: nvcc cannot target {', '.join(dropped)}; building for {';'.join(kept)}")
+    return ";".join(kept)
 
 
 def sources(with_cuda: bool) -> list[str]:
@@ -62,6 +90,9 @@ def write_build_info(with_cuda: bool) -> None:
 
 def extension():
     with_cuda = want_cuda()
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = usable_arch_list(os.environ["TORCH_CUDA_ARCH_LIST"],
+                                                              nvcc_targets(Path(CUDA_HOME) / "bin" / "nvcc"))
     debug = env_flag("DCD_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-fopenmp", "-fno-math-errno"]

@@ -11,52 +11,35 @@
 namespace dcd {
 namespace {
 
-using OptTensor = c10::optional<at::Tensor>;
-
 ContrastiveInputs prepare(const at::Tensor& img, const at::Tensor& txt, const at::Tensor& scale,
                           const OptTensor& pos_row, const OptTensor& pos_col, const OptTensor& img_ids,
                           const OptTensor& txt_ids, const OptTensor& row_weight, const OptTensor& col_weight) {
-  check_matrix(img, "img");
-  check_matrix(txt, "txt");
-  check_same_device(img, txt, "txt");
+  check_matrix_pair(img, "img", txt, "txt");
   const int64_t n = img.size(0), m = txt.size(0);
-  TORCH_CHECK_VALUE(img.size(1) == txt.size(1), "img and txt must have the same width, got ", img.size(1), " and ",
-                    txt.size(1));
-  TORCH_CHECK_VALUE(n > 0 && m > 0, "img and txt must be non-empty");
-  check_scale(scale, img);
-  TORCH_CHECK_VALUE(img_ids.has_value() == txt_ids.has_value(), "img_ids and txt_ids must be given together");
+  TORCH_CHECK_VALUE(n > 0 && m > 0, "img and txt must be non-empty, got ", n, " and ", m, " rows");
+  check_scale(scale, img, "img");
+  TORCH_CHECK_VALUE(n == m || (pos_row.has_value() && pos_col.has_value()),
+                    "pos_row and pos_col are required when img and txt differ in length (", n, " vs ", m, ")");
+  if (pos_row.has_value()) check_vector(*pos_row, "pos_row", n, true, img, "img");
+  if (pos_col.has_value()) check_vector(*pos_col, "pos_col", m, true, img, "img");
+  check_id_pair(img_ids, "img_ids", n, txt_ids, "txt_ids", m, img, "img");
+  if (row_weight.has_value()) check_vector(*row_weight, "row_weight", n, false, img, "img");
+  if (col_weight.has_value()) check_vector(*col_weight, "col_weight", m, false, img, "img");
+  std::vector<IndexRange> ranges;
+  if (pos_row.has_value()) ranges.push_back({*pos_row, "pos_row", -1, m});
+  if (pos_col.has_value()) ranges.push_back({*pos_col, "pos_col", -1, n});
+  check_index_ranges(ranges);
+
   ContrastiveInputs in;
   in.img = img.detach().contiguous();  // detached: worker threads run with grad mode on
   in.txt = txt.detach().contiguous();
   in.logit_scale = scale.detach();
   auto idx_opts = img.options().dtype(at::kLong);
-  if (pos_row.has_value()) {
-    check_index_vector(*pos_row, n, -1, m, img, "pos_row");
-    in.pos_row = pos_row->contiguous();
-  } else {
-    TORCH_CHECK_VALUE(n == m, "pos_row is required when img and txt have different lengths (", n, " vs ", m, ")");
-    in.pos_row = at::arange(n, idx_opts);
-  }
-  if (pos_col.has_value()) {
-    check_index_vector(*pos_col, m, -1, n, img, "pos_col");
-    in.pos_col = pos_col->contiguous();
-  } else {
-    TORCH_CHECK_VALUE(n == m, "pos_col is required when img and txt have different lengths (", n, " vs ", m, ")");
-    in.pos_col = at::arange(m, idx_opts);
-  }
+  in.pos_row = pos_row.has_value() ? pos_row->contiguous() : at::arange(n, idx_opts);
+  in.pos_col = pos_col.has_value() ? pos_col->contiguous() : at::arange(m, idx_opts);
   if (img_ids.has_value()) {
-    check_ids(*img_ids, n, img, "img_ids");
-    check_ids(*txt_ids, m, img, "txt_ids");
     in.img_ids = img_ids->contiguous();
     in.txt_ids = txt_ids->contiguous();
-  }
-  if (row_weight.has_value()) {
-    TORCH_CHECK_VALUE(row_weight->dim() == 1 && row_weight->size(0) == n, "row_weight must have shape [", n, "]");
-    check_same_device(img, *row_weight, "row_weight");
-  }
-  if (col_weight.has_value()) {
-    TORCH_CHECK_VALUE(col_weight->dim() == 1 && col_weight->size(0) == m, "col_weight must have shape [", m, "]");
-    check_same_device(img, *col_weight, "col_weight");
   }
   return in;
 }

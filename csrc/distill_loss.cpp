@@ -9,60 +9,35 @@
 namespace dcd {
 namespace {
 
-int parse_kind(c10::string_view kind) {
-  if (kind == "kl") return static_cast<int>(DistillKind::kKL);
-  if (kind == "mse") return static_cast<int>(DistillKind::kMSE);
-  TORCH_CHECK_VALUE(false, "kind must be 'kl' or 'mse', got '", std::string(kind), "'");
-  return 0;
-}
-
-void check_weighting(c10::string_view w) {
-  TORCH_CHECK_VALUE(w == "none" || w == "entropy" || w == "wsl" || w == "dcd",
-                    "weighting must be one of 'none', 'entropy', 'wsl', 'dcd', got '", std::string(w), "'");
-}
-
 DistillInputs prepare(const at::Tensor& anchors, const at::Tensor& pool, const at::Tensor& cand,
                       const at::Tensor& teacher, const at::Tensor& scale, double temperature, c10::string_view kind) {
-  check_matrix(anchors, "anchors");
-  check_matrix(pool, "pool");
-  check_same_device(anchors, pool, "pool");
-  check_scale(scale, anchors);
-  const int64_t n = anchors.size(0), p = pool.size(0);
-  TORCH_CHECK_VALUE(anchors.size(1) == pool.size(1), "anchors and pool must have the same width, got ",
-                    anchors.size(1), " and ", pool.size(1));
-  TORCH_CHECK_VALUE(n > 0, "anchors must be non-empty");
-  TORCH_CHECK_VALUE(cand.dim() == 2 && cand.size(0) == n && cand.size(1) >= 1,
-                    "cand must have shape [", n, ", K+1] with K+1 >= 1, got ", cand.sizes());
-  TORCH_CHECK_TYPE(cand.scalar_type() == at::kLong, "cand must be int64, got ", cand.scalar_type());
-  check_same_device(anchors, cand, "cand");
-  TORCH_CHECK_VALUE(teacher.sizes() == cand.sizes(), "teacher must have the shape of cand ", cand.sizes(), ", got ",
-                    teacher.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(teacher.scalar_type()), "teacher must be floating, got ", teacher.scalar_type());
-  check_same_device(anchors, teacher, "teacher");
-  TORCH_CHECK_VALUE(temperature > 0, "temperature must be positive, got ", temperature);
-  auto mm = at::aminmax(cand);
-  TORCH_CHECK_INDEX(std::get<1>(mm).item<int64_t>() < p && std::get<0>(mm).item<int64_t>() >= -1,
-                    "cand values must lie in [-1, ", p, ")");
-  TORCH_CHECK_INDEX(cand.select(1, 0).ge(0).all().item<bool>(), "cand[:, 0] (the positives) must be valid indices");
+  check_matrix_pair(anchors, "anchors", pool, "pool");
+  TORCH_CHECK_VALUE(anchors.size(0) > 0, "anchors must be non-empty");
+  check_scale(scale, anchors, "anchors");
+  check_candidates(cand, "cand", teacher, "teacher", anchors, "anchors");
+  check_temperature(temperature);
+  const DistillKind k = parse_kind(kind);
+  const int64_t p = pool.size(0);
+  // last: the only check that reads values (one host sync)
+  check_index_ranges({{cand, "cand", -1, p}, {cand.select(1, 0), "cand[:, 0] (the positives)", 0, p}});
   // detached: worker threads run with grad mode on
   return DistillInputs{anchors.detach().contiguous(), pool.detach().contiguous(), cand.contiguous(),
-                       teacher.detach().contiguous(), scale.detach(),
-                       temperature, parse_kind(kind)};
+                       teacher.detach().contiguous(), scale.detach(), temperature, static_cast<int>(k)};
 }
 
 // (distillation weight, hard weight) per anchor, docs/design.md section 3.3 (zero-sum cases: section 3.5).
-std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, c10::string_view weighting) {
+std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, Weighting weighting) {
   const auto n = static_cast<double>(stats.size(0));
   auto hard = stats.select(1, 1), entropy = stats.select(1, 2), ce_teacher = stats.select(1, 3);
   auto ones = at::ones_like(entropy);
-  if (weighting == "none") return {ones, ones.clone()};  // two outputs must not alias
+  if (weighting == Weighting::kNone) return {ones, ones.clone()};  // two outputs must not alias
   auto sum_h = entropy.sum();
   auto e = at::where(sum_h.gt(0), entropy * (n / sum_h), ones);
   auto frac = at::where(sum_h.gt(0), entropy / sum_h, at::zeros_like(entropy));
   auto rho = at::softmax((1 - frac).square(), 0) * n;
-  auto omega = 1 - at::exp(-at::clamp_min(hard / (ce_teacher + 1e-7), 0));
-  if (weighting == "entropy") return {rho, e};
-  if (weighting == "wsl") return {omega, ones};
+  auto omega = -at::expm1(-at::clamp_min(hard / (ce_teacher + 1e-7), 0));  // 1 - exp(-x), exact for small x
+  if (weighting == Weighting::kEntropy) return {rho, e};
+  if (weighting == Weighting::kWSL) return {omega, ones};
   auto wd = rho * omega;
   auto mean_wd = wd.mean();
   return {at::where(mean_wd.gt(0), wd / mean_wd, at::zeros_like(wd)), e};
@@ -71,11 +46,11 @@ std::tuple<at::Tensor, at::Tensor> dynamic_weights(const at::Tensor& stats, c10:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss(
     const at::Tensor& anchors, const at::Tensor& pool, const at::Tensor& cand, const at::Tensor& teacher,
     const at::Tensor& scale, double temperature, c10::string_view kind, c10::string_view weighting) {
-  check_weighting(weighting);
   at::NoGradGuard no_grad;  // kernels run below autograd; their inner ATen calls must not record
+  const Weighting w_kind = parse_weighting(weighting);
   auto in = prepare(anchors, pool, cand, teacher, scale, temperature, kind);
   auto stats = kernels_for(anchors).distill_stats(in);
-  auto w = dynamic_weights(stats, weighting);
+  auto w = dynamic_weights(stats, w_kind);
   auto wd = std::get<0>(w).contiguous(), wh = std::get<1>(w).contiguous();
   return {(wd * stats.select(1, 0)).mean(), (wh * stats.select(1, 1)).mean(), wd, wh};
 }

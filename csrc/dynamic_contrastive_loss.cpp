@@ -8,8 +8,6 @@
 namespace dcd {
 namespace {
 
-using OptTensor = c10::optional<at::Tensor>;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_contrastive(const at::Tensor& img, const at::Tensor& txt,
                                                                 const at::Tensor& scale, const OptTensor& img_ids,
                                                                 const OptTensor& txt_ids) {
@@ -38,6 +36,19 @@ dynamic_contrastive_loss(const at::Tensor& img, const at::Tensor& txt, const at:
                          const at::Tensor& t2i_teacher, const OptTensor& img_ids, const OptTensor& txt_ids,
                          double alpha, double temperature, c10::string_view kind, c10::string_view weighting,
                          double con_weight) {
+  // the argument names of this operator (the inner calls would name their own); shapes only, since these
+  // also run on fake tensors under torch.compile: the inner operators check the index values
+  check_matrix_pair(img, "img", txt, "txt");
+  TORCH_CHECK_VALUE(img.sym_size(0) == txt.sym_size(0) && img.sym_size(0) > 0,
+                    "img and txt must be non-empty and paired row by row, got ", img.sym_size(0), " and ",
+                    txt.sym_size(0), " rows");
+  check_scale(scale, img, "img");
+  check_candidates(i2t_cand, "i2t_cand", i2t_teacher, "i2t_teacher", img, "img");
+  check_candidates(t2i_cand, "t2i_cand", t2i_teacher, "t2i_teacher", txt, "txt");
+  check_id_pair(img_ids, "img_ids", img.sym_size(0), txt_ids, "txt_ids", txt.sym_size(0), img, "img");
+  check_temperature(temperature);
+  parse_kind(kind);
+  parse_weighting(weighting);
   auto con = std::get<0>(call_contrastive(img, txt, scale, img_ids, txt_ids));
   auto i2t = call_distill(img, txt, i2t_cand, i2t_teacher, scale, temperature, kind, weighting);
   auto t2i = call_distill(txt, img, t2i_cand, t2i_teacher, scale, temperature, kind, weighting);

@@ -11,20 +11,11 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
                                                    const c10::optional<at::Tensor>& query_ids,
                                                    const c10::optional<at::Tensor>& key_ids) {
   at::NoGradGuard no_grad;
-  check_matrix(query, "query");
-  check_matrix(keys, "keys");
-  check_same_device(query, keys, "keys");
-  TORCH_CHECK_VALUE(query.size(1) == keys.size(1), "query and keys must have the same width, got ", query.size(1),
-                    " and ", keys.size(1));
-  TORCH_CHECK_VALUE(k >= 0, "k must be non-negative, got ", k);
-  TORCH_CHECK_VALUE(query_ids.has_value() == key_ids.has_value(), "query_ids and key_ids must be given together");
-  at::Tensor qid, kid;
-  if (query_ids.has_value()) {
-    check_ids(*query_ids, query.size(0), query, "query_ids");
-    check_ids(*key_ids, keys.size(0), query, "key_ids");
-    qid = query_ids->contiguous();
-    kid = key_ids->contiguous();
-  }
+  check_matrix_pair(query, "query", keys, "keys");
+  check_k(k);
+  check_id_pair(query_ids, "query_ids", query.sym_size(0), key_ids, "key_ids", keys.sym_size(0), query, "query");
+  const at::Tensor qid = query_ids.has_value() ? query_ids->contiguous() : at::Tensor();
+  const at::Tensor kid = key_ids.has_value() ? key_ids->contiguous() : at::Tensor();
   return kernels_for(query).similarity_topk(query.detach().contiguous(), keys.detach().contiguous(), k, qid, kid);
 }
 

@@ -1,4 +1,4 @@
-"""Public DCD operators (``torch.ops.dcd_ext.*``) with argument checks, fake kernels and autograd.
+"""Public DCD operators (``torch.ops.dcd_ext.*``): wrappers, fake kernels and autograd.
 
 The math of every operator is docs/design.md section 3 and its contract section 4;
 :mod:`dcd_ext.reference` holds plain-PyTorch versions.
@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dcd_ext._loader import load_extension
+from dcd_ext.loss_options import KINDS, WEIGHTINGS
 from dcd_ext.outputs import DCDLossOutput, DistillOutput
 
 load_extension()
@@ -26,80 +27,43 @@ __all__ = [
     "DistillOutput",
 ]
 
-TOPK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-KINDS = ("kl", "mse")
-WEIGHTINGS = ("none", "entropy", "wsl", "dcd")
+MATRIX_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INT_MAX = 2**31 - 1
 ScaleLike = Union[Tensor, float]
 
 
-# ----------------------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------------ argument conversion
+# The argument checks live in C++ (csrc/checks.h), so torch.ops.dcd_ext.* called directly is as safe as
+# these wrappers. The wrappers only convert what the schemas cannot take, with a TypeError naming the
+# argument where a value cannot be converted.
 
-def _matrix(t, name: str, dtypes=None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [rows, dim], got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if dtypes is not None and t.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-
-
-def _same_device(ref: Tensor, t: Tensor, name: str, ref_name: str) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-
-
-def _same_width(a: Tensor, b: Tensor, a_name: str, b_name: str) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{a_name} and {b_name} must have the same embedding width, got {a.shape[1]} and {b.shape[1]}")
-
-
-def _int_vector(t, n: int, name: str, ref: Tensor, ref_name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != torch.int64:
-        raise TypeError(f"{name} must be int64, got {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(f"{name} must have shape [{n}], got {tuple(t.shape)}")
-    _same_device(ref, t, name, ref_name)
-
-
-def _pair_of_ids(a, b, n: int, m: int, a_name: str, b_name: str, ref: Tensor, ref_name: str) -> None:
-    if (a is None) != (b is None):
-        raise ValueError(f"{a_name} and {b_name} must be given together")
-    if a is not None:
-        _int_vector(a, n, a_name, ref, ref_name)
-        _int_vector(b, m, b_name, ref, ref_name)
+def _tensors(required: dict, optional: Optional[dict] = None) -> None:
+    for name, t in required.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (optional or {}).items():
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
 
 
 def _as_scale(logit_scale: ScaleLike, ref: Tensor) -> Tensor:
+    if isinstance(logit_scale, Tensor):
+        return logit_scale
     if isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
         return torch.tensor(float(logit_scale), dtype=torch.float32, device=ref.device)
-    if not isinstance(logit_scale, Tensor):
-        raise TypeError(f"logit_scale must be a tensor or a float, got {type(logit_scale).__name__}")
-    if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
-        raise ValueError(f"logit_scale must be a floating tensor with one element, got shape "
-                         f"{tuple(logit_scale.shape)} and dtype {logit_scale.dtype}")
-    _same_device(ref, logit_scale, "logit_scale", "the embeddings")
-    return logit_scale
+    raise TypeError(f"logit_scale must be a tensor or a float, got {type(logit_scale).__name__}")
 
 
-def _weights(w, n: int, name: str, ref: Tensor) -> None:
-    if w is None:
-        return
-    if not isinstance(w, Tensor) or not w.is_floating_point() or w.dim() != 1 or w.shape[0] != n:
-        raise ValueError(f"{name} must be a floating tensor of shape [{n}]")
-    _same_device(ref, w, name, "img")
+def _as_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
 
 
-def _choice(value, choices, name: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _acc_dtype(a: Tensor, b: Tensor) -> torch.dtype:
-    return torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+def _as_str(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
 
 
 # ------------------------------------------------------------------------------------ operators
@@ -111,15 +75,9 @@ def similarity_topk(query: Tensor, keys: Tensor, k: int, query_ids: Optional[Ten
     Sorted descending, ties to the smaller index. A key whose id equals the query's id is never
     returned. Rows with fewer than k allowed keys are padded with ``-inf`` / ``-1``. Not differentiable.
     """
-    _matrix(query, "query", TOPK_DTYPES)
-    _matrix(keys, "keys", TOPK_DTYPES)
-    _same_device(query, keys, "keys", "query")
-    _same_width(query, keys, "query", "keys")
+    _tensors(dict(query=query, keys=keys), dict(query_ids=query_ids, key_ids=key_ids))
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be non-negative, got {k}")
-    _pair_of_ids(query_ids, key_ids, query.shape[0], keys.shape[0], "query_ids", "key_ids", query, "query")
     return torch.ops.dcd_ext.similarity_topk(query, keys, k, query_ids, key_ids)
 
 
@@ -128,48 +86,12 @@ def contrastive_loss(img: Tensor, txt: Tensor, logit_scale: ScaleLike, pos_row: 
                      txt_ids: Optional[Tensor] = None, row_weight: Optional[Tensor] = None,
                      col_weight: Optional[Tensor] = None) -> Tensor:
     """Bidirectional InfoNCE ``L_con`` with id masking; memory O(N + M). Gradients for img, txt, logit_scale."""
-    _matrix(img, "img")
-    _matrix(txt, "txt")
-    _same_device(img, txt, "txt", "img")
-    _same_width(img, txt, "img", "txt")
-    n, m = img.shape[0], txt.shape[0]
-    if n == 0 or m == 0:
-        raise ValueError(f"img and txt must be non-empty, got {n} and {m} rows")
+    _tensors(dict(img=img, txt=txt), dict(pos_row=pos_row, pos_col=pos_col, img_ids=img_ids, txt_ids=txt_ids,
+                                          row_weight=row_weight, col_weight=col_weight))
     scale = _as_scale(logit_scale, img)
-    if pos_row is None and pos_col is None and n != m:
-        raise ValueError(f"pos_row and pos_col are required when img and txt differ in length ({n} vs {m})")
-    if pos_row is not None:
-        _int_vector(pos_row, n, "pos_row", img, "img")
-    if pos_col is not None:
-        _int_vector(pos_col, m, "pos_col", img, "img")
-    _pair_of_ids(img_ids, txt_ids, n, m, "img_ids", "txt_ids", img, "img")
-    _weights(row_weight, n, "row_weight", img)
-    _weights(col_weight, m, "col_weight", img)
     loss, _, _ = torch.ops.dcd_ext.contrastive_loss(img, txt, scale, pos_row, pos_col, img_ids, txt_ids,
                                                     row_weight, col_weight)
     return loss
-
-
-def _check_candidates(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, names: tuple[str, str]) -> None:
-    cand_name, teacher_name = names
-    if not isinstance(cand, Tensor) or cand.dtype != torch.int64:
-        raise TypeError(f"{cand_name} must be an int64 tensor")
-    if cand.dim() != 2 or cand.shape[0] != anchors.shape[0] or cand.shape[1] < 1:
-        raise ValueError(f"{cand_name} must have shape [{anchors.shape[0]}, K+1], got {tuple(cand.shape)}")
-    if not isinstance(teacher, Tensor) or not teacher.is_floating_point():
-        raise TypeError(f"{teacher_name} must be a floating tensor")
-    if teacher.shape != cand.shape:
-        raise ValueError(f"{teacher_name} must have the shape of {cand_name} {tuple(cand.shape)}, "
-                         f"got {tuple(teacher.shape)}")
-    _same_device(anchors, cand, cand_name, "the embeddings")
-    _same_device(anchors, teacher, teacher_name, "the embeddings")
-
-
-def _check_distill_options(temperature, kind, weighting) -> None:
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    _choice(kind, KINDS, "kind")
-    _choice(weighting, WEIGHTINGS, "weighting")
 
 
 def distill_loss(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, logit_scale: ScaleLike,
@@ -177,19 +99,15 @@ def distill_loss(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, l
     """One direction of the candidate terms: ``(dist, hard, dist_weight [N], hard_weight [N])``.
 
     ``cand[i, 0]`` is anchor i's positive in ``pool``; ``cand[i, m >= 1]`` its negatives, or -1 for an
-    absent slot. Gradients flow to anchors, pool and logit_scale; the weights are constants.
+    absent slot. ``kind`` and ``weighting`` name one of :data:`dcd_ext.loss_options.KINDS` and
+    :data:`dcd_ext.loss_options.WEIGHTINGS`. Gradients flow to anchors, pool and logit_scale; the weights
+    are constants.
     """
-    _matrix(anchors, "anchors")
-    _matrix(pool, "pool")
-    _same_device(anchors, pool, "pool", "anchors")
-    _same_width(anchors, pool, "anchors", "pool")
-    if anchors.shape[0] == 0:
-        raise ValueError("anchors must be non-empty")
+    _tensors(dict(anchors=anchors, pool=pool, cand=cand, teacher=teacher))
     scale = _as_scale(logit_scale, anchors)
-    _check_candidates(anchors, pool, cand, teacher, ("cand", "teacher"))
-    _check_distill_options(temperature, kind, weighting)
-    return DistillOutput(*torch.ops.dcd_ext.distill_loss(anchors, pool, cand, teacher, scale, float(temperature),
-                                                          kind, weighting))
+    return DistillOutput(*torch.ops.dcd_ext.distill_loss(anchors, pool, cand, teacher, scale,
+                                                          _as_float(temperature, "temperature"),
+                                                          _as_str(kind, "kind"), _as_str(weighting, "weighting")))
 
 
 def dynamic_contrastive_loss(img: Tensor, txt: Tensor, logit_scale: ScaleLike, i2t_cand: Tensor,
@@ -202,29 +120,90 @@ def dynamic_contrastive_loss(img: Tensor, txt: Tensor, logit_scale: ScaleLike, i
     ``img[i]`` and ``txt[i]`` are a positive pair; ``i2t_cand`` indexes ``txt`` and ``t2i_cand`` indexes
     ``img``; distillation and hard terms are averaged over the two directions.
     """
-    _matrix(img, "img")
-    _matrix(txt, "txt")
-    _same_device(img, txt, "txt", "img")
-    _same_width(img, txt, "img", "txt")
-    if img.shape[0] != txt.shape[0] or img.shape[0] == 0:
-        raise ValueError(f"img and txt must be non-empty and paired row by row, got {img.shape[0]} and {txt.shape[0]}")
+    _tensors(dict(img=img, txt=txt, i2t_cand=i2t_cand, i2t_teacher=i2t_teacher, t2i_cand=t2i_cand,
+                  t2i_teacher=t2i_teacher), dict(img_ids=img_ids, txt_ids=txt_ids))
     scale = _as_scale(logit_scale, img)
-    _check_candidates(img, txt, i2t_cand, i2t_teacher, ("i2t_cand", "i2t_teacher"))
-    _check_candidates(txt, img, t2i_cand, t2i_teacher, ("t2i_cand", "t2i_teacher"))
-    _pair_of_ids(img_ids, txt_ids, img.shape[0], txt.shape[0], "img_ids", "txt_ids", img, "img")
-    _check_distill_options(temperature, kind, weighting)
-    for name, value in (("alpha", alpha), ("con_weight", con_weight)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return DCDLossOutput(*torch.ops.dcd_ext.dynamic_contrastive_loss(
-        img, txt, scale, i2t_cand, i2t_teacher, t2i_cand, t2i_teacher, img_ids, txt_ids, float(alpha),
-        float(temperature), kind, weighting, float(con_weight)))
+        img, txt, scale, i2t_cand, i2t_teacher, t2i_cand, t2i_teacher, img_ids, txt_ids, _as_float(alpha, "alpha"),
+        _as_float(temperature, "temperature"), _as_str(kind, "kind"), _as_str(weighting, "weighting"),
+        _as_float(con_weight, "con_weight")))
 
 
 # ------------------------------------------------------------------------- fake kernels (meta)
+# They repeat the C++ shape, dtype and device checks, with the same messages and exception types, so
+# torch.compile traces and meta tensors reject bad input too; index values are checked in C++ only.
+
+def _check_device(t: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
+    torch._check_value(t.device == ref.device, lambda: f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def _check_matrix_pair(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    for t, name in ((a, a_name), (b, b_name)):
+        torch._check_value(t.dim() == 2, lambda: f"{name} must be 2-D [rows, dim], got shape {list(t.shape)}")
+        torch._check_type(t.dtype in MATRIX_DTYPES, lambda: f"{name} must be a floating tensor (float32, "
+                                                            f"float16, bfloat16 or float64), got {t.dtype}")
+    _check_device(b, b_name, a, a_name)
+    torch._check_value(a.shape[1] == b.shape[1], lambda: f"{a_name} and {b_name} must have the same embedding "
+                                                         f"width, got {a.shape[1]} and {b.shape[1]}")
+
+
+def _check_scale(scale: Tensor, ref: Tensor, ref_name: str) -> None:
+    torch._check_value(scale.numel() == 1, lambda: "logit_scale must be a floating tensor with one element, "
+                                                   f"got shape {list(scale.shape)}")
+    torch._check_type(scale.is_floating_point(), lambda: "logit_scale must be a floating tensor with one "
+                                                         f"element, got dtype {scale.dtype}")
+    _check_device(scale, "logit_scale", ref, ref_name)
+
+
+def _check_vector(t: Optional[Tensor], name: str, n, index: bool, ref: Tensor, ref_name: str) -> None:
+    if t is None:
+        return
+    if index:
+        torch._check_type(t.dtype == torch.int64, lambda: f"{name} must be int64, got {t.dtype}")
+    else:
+        torch._check_type(t.is_floating_point(), lambda: f"{name} must be a floating tensor, got {t.dtype}")
+    torch._check_value(t.dim() == 1 and t.shape[0] == n, lambda: f"{name} must have shape [{n}], got {list(t.shape)}")
+    _check_device(t, name, ref, ref_name)
+
+
+def _check_id_pair(a, a_name: str, n, b, b_name: str, m, ref: Tensor, ref_name: str) -> None:
+    torch._check_value((a is None) == (b is None), lambda: f"{a_name} and {b_name} must be given together")
+    _check_vector(a, a_name, n, True, ref, ref_name)
+    _check_vector(b, b_name, m, True, ref, ref_name)
+
+
+def _check_candidates(cand: Tensor, cand_name: str, teacher: Tensor, teacher_name: str, anchors: Tensor,
+                      anchors_name: str) -> None:
+    n = anchors.shape[0]
+    torch._check_type(cand.dtype == torch.int64, lambda: f"{cand_name} must be an int64 tensor, got {cand.dtype}")
+    torch._check_value(cand.dim() == 2 and cand.shape[0] == n and cand.shape[1] >= 1,
+                       lambda: f"{cand_name} must have shape [{n}, K+1] with K+1 >= 1, got {list(cand.shape)}")
+    _check_device(cand, cand_name, anchors, anchors_name)
+    torch._check_type(teacher.is_floating_point(), lambda: f"{teacher_name} must be a floating tensor, got "
+                                                           f"{teacher.dtype}")
+    torch._check_value(teacher.shape == cand.shape, lambda: f"{teacher_name} must have the shape of {cand_name} "
+                                                            f"{list(cand.shape)}, got {list(teacher.shape)}")
+    _check_device(teacher, teacher_name, anchors, anchors_name)
+
+
+def _check_options(temperature: float, kind: str, weighting: str) -> None:
+    torch._check_value(temperature > 0, lambda: f"temperature must be a positive number, got {temperature}")
+    for name, value, choices in (("kind", kind, KINDS), ("weighting", weighting, WEIGHTINGS)):
+        torch._check_value(value in choices, lambda: f"{name} must be one of "
+                                                     f"{', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def _acc_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    return torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+
 
 @torch.library.register_fake("dcd_ext::similarity_topk")
 def _similarity_topk_fake(query, keys, k, query_ids=None, key_ids=None):
+    _check_matrix_pair(query, "query", keys, "keys")
+    torch._check_value(k >= 0, lambda: f"k must be non-negative, got {k}")
+    torch._check_value(k <= INT_MAX, lambda: f"k must be at most {INT_MAX} (the kernels index the top-k lists with "
+                                             f"int), got {k}")
+    _check_id_pair(query_ids, "query_ids", query.shape[0], key_ids, "key_ids", keys.shape[0], query, "query")
     n = query.shape[0]
     return query.new_empty((n, k), dtype=torch.float32), query.new_empty((n, k), dtype=torch.int64)
 
@@ -232,9 +211,19 @@ def _similarity_topk_fake(query, keys, k, query_ids=None, key_ids=None):
 @torch.library.register_fake("dcd_ext::contrastive_loss")
 def _contrastive_loss_fake(img, txt, logit_scale, pos_row=None, pos_col=None, img_ids=None, txt_ids=None,
                            row_weight=None, col_weight=None):
+    _check_matrix_pair(img, "img", txt, "txt")
+    n, m = img.shape[0], txt.shape[0]
+    torch._check_value(n > 0 and m > 0, lambda: f"img and txt must be non-empty, got {n} and {m} rows")
+    _check_scale(logit_scale, img, "img")
+    torch._check_value(n == m or (pos_row is not None and pos_col is not None),
+                       lambda: f"pos_row and pos_col are required when img and txt differ in length ({n} vs {m})")
+    _check_vector(pos_row, "pos_row", n, True, img, "img")
+    _check_vector(pos_col, "pos_col", m, True, img, "img")
+    _check_id_pair(img_ids, "img_ids", n, txt_ids, "txt_ids", m, img, "img")
+    _check_vector(row_weight, "row_weight", n, False, img, "img")
+    _check_vector(col_weight, "col_weight", m, False, img, "img")
     acc = _acc_dtype(img, txt)
-    return (img.new_empty((), dtype=acc), img.new_empty((img.shape[0],), dtype=acc),
-            img.new_empty((txt.shape[0],), dtype=acc))
+    return img.new_empty((), dtype=acc), img.new_empty((n,), dtype=acc), img.new_empty((m,), dtype=acc)
 
 
 @torch.library.register_fake("dcd_ext::contrastive_loss_backward")
@@ -244,8 +233,13 @@ def _contrastive_loss_backward_fake(grad, img, txt, logit_scale, *rest):
 
 @torch.library.register_fake("dcd_ext::distill_loss")
 def _distill_loss_fake(anchors, pool, cand, teacher, logit_scale, temperature=1.0, kind="kl", weighting="dcd"):
-    acc = _acc_dtype(anchors, pool)
+    _check_matrix_pair(anchors, "anchors", pool, "pool")
     n = anchors.shape[0]
+    torch._check_value(n > 0, lambda: "anchors must be non-empty")
+    _check_scale(logit_scale, anchors, "anchors")
+    _check_candidates(cand, "cand", teacher, "teacher", anchors, "anchors")
+    _check_options(temperature, kind, weighting)
+    acc = _acc_dtype(anchors, pool)
     return (anchors.new_empty((), dtype=acc), anchors.new_empty((), dtype=acc),
             anchors.new_empty((n,), dtype=acc), anchors.new_empty((n,), dtype=acc))
 

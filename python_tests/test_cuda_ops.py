@@ -117,8 +117,24 @@ def test_kernels_follow_the_current_device_and_stream(gen):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_too_many_candidates_is_a_clear_error(gen):
+ENTRIES = [pytest.param(ops, id="wrapper"), pytest.param(torch.ops.dcd_ext, id="torch.ops")]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_too_many_candidates_is_a_clear_error(entry, gen):
     img = unit_rows(4, 8, gen).cuda()
     cand = torch.zeros(4, 300, dtype=torch.int64, device="cuda")
     with pytest.raises(ValueError, match="at most 256 candidates"):
-        ops.distill_loss(img, img, cand, torch.zeros(4, 300, device="cuda"), 1.0)
+        entry.distill_loss(img, img, cand, torch.zeros(4, 300, device="cuda"), torch.tensor(1.0, device="cuda"))
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_mixed_devices_are_a_clear_error(entry, gen):
+    img = unit_rows(4, 8, gen)
+    with pytest.raises(ValueError, match="keys is on cuda:0 but query is on cpu"):
+        entry.similarity_topk(img, img.cuda(), 2)
+    with pytest.raises(ValueError, match="logit_scale is on cpu but img is on cuda:0"):
+        entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0))
+    with pytest.raises(IndexError, match=r"pos_row values must lie in \[-1, 4\), got \[0, 9\]"):
+        entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0, device="cuda"),
+                               torch.tensor([0, 9, 1, 2], device="cuda"), torch.arange(4, device="cuda"))

@@ -89,6 +89,48 @@ def test_dcd_weights_have_mean_one_and_follow_student_lag(gen):
     torch.testing.assert_close(out.hard_weight.mean(), torch.tensor(1.0))
 
 
+def confident_rows(device="cpu"):
+    """Candidates whose positive dominates at logit scale 100: row 0 has z = (11.53, -3.18), where the hard
+    term is 4.1e-7 and lse(z) - z_0 rounds to exactly 0 in float32, and a teacher with CEt = 2.2e-4, so
+    omega = 1 - exp(-h / CEt) = 0.00185; row 1 is confident too, with an absent slot."""
+    anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8]], device=device)
+    pool = torch.tensor([[0.1153, 0.3], [-0.0318, 0.5], [-0.2, -0.1]], device=device)
+    cand = torch.tensor([[0, 1, -1], [1, 2, 0]], device=device)
+    teacher = torch.tensor([[4.0, -4.42, 0.0], [3.0, -5.0, -6.0]], device=device)
+    return anchors, pool, cand, teacher, torch.tensor(100.0, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weighting", ["wsl", "dcd"])
+def test_confident_rows_match_float64_at_scale_100(weighting, device):
+    anchors, pool, cand, teacher, scale = confident_rows(device)
+    exact = reference.distill_loss(anchors.double(), pool.double(), cand, teacher.double(), scale.double(),
+                                   kind="mse", weighting=weighting)
+    if weighting == "wsl":  # the case is the intended one
+        assert abs(float(exact.dist_weight[0]) - 0.00185) < 1e-5
+    for fn in (ops.distill_loss, reference.distill_loss):  # the float32 kernels and the float32 reference
+        out = fn(anchors, pool, cand, teacher, scale, kind="mse", weighting=weighting)
+        for name in ("hard", "dist_weight", "hard_weight"):
+            torch.testing.assert_close(getattr(out, name).double().cpu(), getattr(exact, name).cpu(), rtol=1e-4,
+                                       atol=1e-12, msg=lambda m: f"{fn.__module__} {name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_confident_rows_hard_gradient_matches_float64(device):
+    """d h / dz = softmax(z) - onehot(0) keeps its relative accuracy where softmax(z)_0 rounds to 1."""
+    anchors, pool, cand, teacher, scale = confident_rows(device)
+
+    def hard_grads(fn, dtype):
+        a, p, s = (leaf(x.to(dtype)) for x in (anchors, pool, scale))
+        out = fn(a, p, cand, teacher.to(dtype), s, weighting="none")
+        return torch.autograd.grad(out.hard, (a, p, s))
+
+    exact = hard_grads(reference.distill_loss, torch.float64)
+    for fn in (ops.distill_loss, reference.distill_loss):
+        for g, e in zip(hard_grads(fn, torch.float32), exact):
+            torch.testing.assert_close(g.double().cpu(), e.cpu(), rtol=1e-4, atol=1e-12)
+
+
 def test_gradcheck_float64(gen):
     n, p, k1 = 6, 5, 4
     anchors = unit_rows(n, 3, gen, dtype=torch.float64).requires_grad_()

@@ -101,14 +101,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_grad_impl(const ContrastiveIn
   auto d_img = at::zeros({in.img.size(0), d}, opts);
   auto d_txt_parts = at::zeros({threads, m, d}, opts);
   std::vector<acc_t> d_scale(threads, 0);
-  std::vector<std::vector<PositiveHit<acc_t>>> hits(threads);
   const acc_t *gr = g_row.data_ptr<acc_t>(), *lr = lse_row.data_ptr<acc_t>();
   const acc_t *gc = g_col.data_ptr<acc_t>(), *lc = lse_col.data_ptr<acc_t>();
 
   for_each_tile<acc_t>(
       in.img, in.txt, [](int, int64_t, int64_t) {},
       [&](int tid, const TileGeometry& g, const at::Tensor& ub, const at::Tensor& vt, const at::Tensor& tile) {
-        d_scale[tid] += contrastive_tile_grad(tile.data_ptr<acc_t>(), g, scale, mask, gr, lr, gc, lc, hits[tid]);
+        d_scale[tid] += contrastive_tile_grad(tile.data_ptr<acc_t>(), g, scale, mask, gr, lr, gc, lc);
         d_img.narrow(0, g.r0, g.rows).addmm_(tile, vt, 1, scale);
         d_txt_parts[tid].narrow(0, g.c0, g.cols).addmm_(tile.t(), ub, 1, scale);
       },

@@ -3,8 +3,7 @@
 // scores are s = scale * c. Loops are written branch-free so the compiler vectorises them. Torch-free.
 #pragma once
 
-#include <vector>
-
+#include "dcd/contrastive_grad.h"
 #include "dcd/macros.h"
 #include "dcd/math.h"
 #include "dcd/online_lse.h"
@@ -15,13 +14,6 @@ namespace cpu {
 
 struct TileGeometry {
   index_t r0, rows, c0, cols, ld;
-};
-
-// A positive pair inside a tile: its tile coordinates, the coefficient of its -s term and its dot product.
-template <typename acc_t>
-struct PositiveHit {
-  index_t r, j;
-  acc_t g, dot;
 };
 
 // Folds the tile into the running row statistics (row_stats[rows], indexed from r0) and the running
@@ -89,58 +81,38 @@ void contrastive_tile_stats(const acc_t* c, const TileGeometry& g, acc_t scale, 
   }
 }
 
-// Overwrites the tile with dL/ds of sum_i g_row[i] l_i + sum_j g_col[j] m_j:
-//   ds = g_row[i] * (exp(s - lse_row[i]) [in_row] - [j == pos_row[i]])
-//      + g_col[j] * (exp(s - lse_col[j]) [in_col] - [i == pos_col[j]])
+// Overwrites the tile with dL/ds of sum_i g_row[i] l_i + sum_j g_col[j] m_j (contrastive_score_grad).
 // lse_* must be +inf where the matching g_* is 0. Returns sum(ds * c), the logit-scale gradient part.
 template <typename acc_t>
 acc_t contrastive_tile_grad(acc_t* c, const TileGeometry& g, acc_t scale, const PairMask& mask,
-                            const acc_t* g_row, const acc_t* lse_row, const acc_t* g_col, const acc_t* lse_col,
-                            std::vector<PositiveHit<acc_t>>& hits) {
-  const acc_t ninf = neg_infinity<acc_t>();
-  const bool ids = mask.has_ids();
-  // the positives inside this tile, with their dot products, before the loop below overwrites them
-  hits.clear();
-  for (index_t r = 0; r < g.rows; ++r) {
-    const index_t j = mask.pos_row[g.r0 + r] - g.c0;
-    if (j >= 0 && j < g.cols) hits.push_back({r, j, g_row[g.r0 + r], c[r * g.ld + j]});
-  }
-  for (index_t j = 0; j < g.cols; ++j) {
-    const index_t r = mask.pos_col[g.c0 + j] - g.r0;
-    if (r >= 0 && r < g.rows) hits.push_back({r, j, g_col[g.c0 + j], c[r * g.ld + j]});
-  }
+                            const acc_t* g_row, const acc_t* lse_row, const acc_t* g_col, const acc_t* lse_col) {
   acc_t dscale = 0;
   for (index_t r = 0; r < g.rows; ++r) {
     acc_t* cr = c + r * g.ld;
     const index_t i = g.r0 + r;
+    const index_t pos_j = mask.pos_row[i] - g.c0;  // the tile column of row i's positive
     const acc_t gr = g_row[i], lr = lse_row[i];
     const acc_t* gc = g_col + g.c0;
     const acc_t* lc = lse_col + g.c0;
+    const index_t* pc = mask.pos_col + g.c0;
     acc_t acc = 0;
-    if (ids) {
+    if (mask.has_ids()) {
 #pragma omp simd reduction(+ : acc)
       for (index_t j = 0; j < g.cols; ++j) {
-        acc_t s = scale * cr[j];
-        acc_t sr = mask.in_row(i, g.c0 + j) ? s : ninf;
-        acc_t sc = mask.in_col(i, g.c0 + j) ? s : ninf;
-        acc_t ds = gr * exp_nonpositive(sr - lr) + gc[j] * exp_nonpositive(sc - lc[j]);
+        const acc_t ds = contrastive_score_grad(scale * cr[j], mask.in_row(i, g.c0 + j), mask.in_col(i, g.c0 + j),
+                                                j == pos_j, pc[j] == i, gr, lr, gc[j], lc[j]);
         acc += ds * cr[j];
         cr[j] = ds;
       }
     } else {
 #pragma omp simd reduction(+ : acc)
       for (index_t j = 0; j < g.cols; ++j) {
-        acc_t s = scale * cr[j];
-        acc_t ds = gr * exp_nonpositive(s - lr) + gc[j] * exp_nonpositive(s - lc[j]);
+        const acc_t ds = contrastive_score_grad(scale * cr[j], true, true, j == pos_j, pc[j] == i, gr, lr, gc[j], lc[j]);
         acc += ds * cr[j];
         cr[j] = ds;
       }
     }
     dscale += acc;
-  }
-  for (const auto& h : hits) {
-    c[h.r * g.ld + h.j] -= h.g;
-    dscale -= h.g * h.dot;
   }
   return dscale;
 }

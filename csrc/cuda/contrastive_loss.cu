@@ -3,6 +3,7 @@
 // kernels with a and b swapped (PairMask is symmetric under that swap), so nothing of size N x M and
 // no atomics are ever needed and results are bitwise reproducible.
 #include "cuda/tile_gemm.cuh"
+#include "dcd/contrastive_grad.h"
 #include "dcd/online_lse.h"
 #include "dcd/pair_mask.h"
 
@@ -86,11 +87,9 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t j = c0 + c;
       acc_t ds = 0;
       if (i < n && j < m) {
-        const acc_t dot = tile[r][c], s = scale * dot;
-        if (mask.in_row(i, j)) ds += gi * exp_of(s - li);
-        if (mask.in_col(i, j)) ds += g_b[j] * exp_of(s - lse_b[j]);
-        if (mask.pos_row[i] == j) ds -= gi;  // the -s term of row i's positive
-        if (mask.pos_col[j] == i) ds -= g_b[j];
+        const acc_t dot = tile[r][c];
+        ds = contrastive_score_grad(scale * dot, mask.in_row(i, j), mask.in_col(i, j), mask.pos_row[i] == j,
+                                    mask.pos_col[j] == i, gi, li, g_b[j], lse_b[j]);
         d_scale += ds * dot;
       }
       tile[r][c] = ds;

@@ -21,7 +21,7 @@ ck::DType kernel_dtype(const at::Tensor& t) {
     case at::kHalf: return ck::DType::kFloat16;
     case at::kBFloat16: return ck::DType::kBFloat16;
     case at::kDouble: return ck::DType::kFloat64;
-    default: TORCH_CHECK_TYPE(false, "dcd_ext CUDA kernels take float32/16, bfloat16 or float64, got ", t.scalar_type());
+    default: TORCH_INTERNAL_ASSERT(false, "the operator glue admits only the kernel dtypes, got ", t.scalar_type());
   }
   return ck::DType::kFloat32;
 }

@@ -1,8 +1,10 @@
 // The tile producer shared by the similarity and contrastive kernels: one CTA of 256 threads computes
 // S[r][c] = <a_{r0+r}, b_{c0+c}> for a kRows x kCols tile into shared memory, in the accumulation type.
-// float16/bfloat16 use tensor cores (WMMA m16n16k16, float accumulation); float32 and float64 use
-// an exact SIMT path. Rows/columns past the matrix end and the D tail are zero-filled, so any D works.
-// Torch-free.
+// float16/bfloat16 use tensor cores (WMMA m16n16k16, float accumulation) where the architecture has
+// them (float16 from sm_70, bfloat16 from sm_80); float32, float64 and 16-bit inputs on older
+// architectures use an exact SIMT path (float products of the same rounded inputs, float
+// accumulation, so both paths compute the same quantity). Rows/columns past the matrix end and the D
+// tail are zero-filled, so any D works. Torch-free.
 #pragma once
 
 #include <mma.h>
@@ -121,19 +123,35 @@ struct WmmaTileGemm {
   }
 };
 
-// The producer a dtype uses.
+// The producer a dtype uses. Only the device passes see __CUDA_ARCH__; the choice changes nothing the
+// host launch depends on (the block size is kThreads and all shared memory is static either way).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+#define DCD_WMMA_FP16 1
+#else
+#define DCD_WMMA_FP16 0
+#endif
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define DCD_WMMA_BF16 1
+#else
+#define DCD_WMMA_BF16 0
+#endif
+
 template <typename in_t, typename acc_t>
 struct TileGemmFor {
   using type = TileGemm<in_t, acc_t>;
 };
+#if DCD_WMMA_FP16
 template <>
 struct TileGemmFor<__half, float> {
   using type = WmmaTileGemm<__half>;
 };
+#endif
+#if DCD_WMMA_BF16
 template <>
 struct TileGemmFor<__nv_bfloat16, float> {
   using type = WmmaTileGemm<__nv_bfloat16>;
 };
+#endif
 
 }  // namespace cuda_kernels
 }  // namespace dcd

@@ -71,7 +71,6 @@ int main() {
     }
     // the gradient folded tile by tile over the same tiling as above
     std::vector<double> ds(c);
-    std::vector<dcd::cpu::PositiveHit<double>> hits;
     double dscale = 0;
     for (index_t r0 = 0; r0 < n; r0 += row_tile) {
       const index_t nr = std::min(row_tile, n - r0);
@@ -79,7 +78,7 @@ int main() {
         const index_t nc = std::min(col_tile, m - c0);
         copy_tile(r0, nr, c0, nc);
         dscale += dcd::cpu::contrastive_tile_grad(tile.data(), dcd::cpu::TileGeometry{r0, nr, c0, nc, nc}, scale, mask,
-                                                  g_r.data(), lr.data(), g_c.data(), lc.data(), hits);
+                                                  g_r.data(), lr.data(), g_c.data(), lc.data());
         for (index_t r = 0; r < nr; ++r)
           for (index_t j = 0; j < nc; ++j) ds[(r0 + r) * m + c0 + j] = tile[r * nc + j];
       }

@@ -6,10 +6,9 @@
 
 #include "dcd/macros.h"
 #include "dcd/math.h"
+#include "dcd/options.h"
 
 namespace dcd {
-
-enum class DistillKind : int { kKL = 0, kMSE = 1 };
 
 template <typename acc_t>
 struct CandidateRowStats {
@@ -31,15 +30,31 @@ DCD_HOST_DEVICE acc_t masked_lse(const acc_t* x, const bool* valid, int k1, acc_
   return mx + log_of(s);
 }
 
+// LSE_m x_m - x_0 over the valid slots, without cancellation. Where x_0 dominates the difference is
+// tiny (4.1e-7 for x = {11.53, -3.18}) and lse - x_0 rounds to exactly 0 in float; so with
+// mx = max_{m>=1} x_m it is log1p(sum_{m>=1} exp(x_m - x_0)) when x_0 >= mx, and otherwise
+// (mx - x_0) + log(exp(x_0 - mx) + sum_{m>=1} exp(x_m - mx)), which is at least log 2.
+template <typename acc_t>
+DCD_HOST_DEVICE acc_t lse_minus_first(const acc_t* x, const bool* valid, int k1) {
+  acc_t mx = neg_infinity<acc_t>();
+  for (int m = 1; m < k1; ++m)
+    if (valid[m]) mx = max_of(mx, x[m]);
+  const acc_t ref = max_of(mx, x[0]);
+  acc_t s = 0;
+  for (int m = 1; m < k1; ++m)
+    if (valid[m]) s += exp_of(x[m] - ref);
+  if (x[0] >= mx) return log1p_of(s);
+  return (mx - x[0]) + log_of(exp_of(x[0] - mx) + s);
+}
+
 template <typename acc_t>
 DCD_HOST_DEVICE CandidateRowStats<acc_t> candidate_row_stats(const acc_t* t, const acc_t* z, const bool* valid,
                                                              int k1, acc_t temperature, DistillKind kind) {
   CandidateRowStats<acc_t> r;
   const acc_t inv_tau = acc_t(1) / temperature;
   const acc_t lse_t1 = masked_lse(t, valid, k1, acc_t(1));
-  const acc_t lse_z1 = masked_lse(z, valid, k1, acc_t(1));
-  r.hard = lse_z1 - z[0];
-  r.ce_teacher = lse_t1 - t[0];
+  r.hard = lse_minus_first(z, valid, k1);
+  r.ce_teacher = lse_minus_first(t, valid, k1);
   acc_t ent = 0;
   for (int m = 0; m < k1; ++m) {
     if (!valid[m]) continue;
@@ -87,7 +102,10 @@ DCD_HOST_DEVICE void candidate_row_grad(const acc_t* t, const acc_t* z, const bo
   } else {
     for (int m = 0; m < k1; ++m) count += valid[m] ? 1 : 0;
   }
-  for (int m = 0; m < k1; ++m) {
+  // d(h_i)/dz = softmax(z) - onehot(0); slot 0 goes last and takes -sum_{m>=1} softmax(z)_m, which
+  // equals softmax(z)_0 - 1 without its cancellation
+  acc_t p_others = 0;
+  for (int m = k1 - 1; m >= 0; --m) {
     if (!valid[m]) {
       dz[m] = 0;
       continue;
@@ -100,7 +118,11 @@ DCD_HOST_DEVICE void candidate_row_grad(const acc_t* t, const acc_t* z, const bo
     } else {
       g_dist = acc_t(-2) * (t[m] - z[m]) / acc_t(count);
     }
-    acc_t g_hard = exp_of(z[m] - lse_z1) - (m == 0 ? acc_t(1) : acc_t(0));
+    acc_t g_hard = -p_others;
+    if (m > 0) {
+      g_hard = exp_of(z[m] - lse_z1);
+      p_others += g_hard;
+    }
     dz[m] = coef_dist * g_dist + coef_hard * g_hard;
   }
 }

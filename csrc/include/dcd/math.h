@@ -27,6 +27,17 @@ DCD_HOST_DEVICE float log_of(float x) {
 DCD_HOST_DEVICE double log_of(double x) {
   return log(x);
 }
+// log(1 + x), accurate for tiny x (where log_of(1 + x) rounds to 0)
+DCD_HOST_DEVICE float log1p_of(float x) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(x);
+#else
+  return std::log1p(x);
+#endif
+}
+DCD_HOST_DEVICE double log1p_of(double x) {
+  return log1p(x);
+}
 
 // exp(x) for x <= 0 in float, branch-free so compilers vectorise loops over it; relative error below
 // 2e-7 on [-87, 0] and exactly 0 below -87 (so exp(-inf) == 0).
