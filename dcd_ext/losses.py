@@ -20,10 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from .retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
+from .loss_options import KINDS, WEIGHTINGS
 from .distributed import SINGLE, World, gather, gather_with_grad
 
-KINDS = ("kl", "mse")
-WEIGHTINGS = ("dcd", "entropy", "wsl", "none")
 MINE_BY = ("student", "teacher")
 
 
