@@ -37,6 +37,10 @@ def tables(data: dict) -> str:
             mem = r.get("extra_info", {}).get("peak_extra_mib")
             mem_s = f"{mem:.0f}" if isinstance(mem, (int, float)) else "-"
             lines.append(f"| {impl_of(r)} | {med:.3f} | {ratio} | {mem_s} |")
+        ceiling = [r for r in rows if impl_of(r).startswith("onednn")]
+        if base and ceiling:
+            lines += ["", f"dcd_ext takes {base / ceiling[0]['stats']['median']:.2f}x the time of "
+                          f"{impl_of(ceiling[0])} (the oneDNN GEMM ceiling)."]
     return "\n".join(lines)
 
 

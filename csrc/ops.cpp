@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/tile_gemm.h"
+
 extern "C" {
 // Importing dcd_ext._C runs the static TORCH_LIBRARY registrations; the module itself is empty.
 PyObject* PyInit__C(void) {
@@ -31,4 +33,6 @@ TORCH_LIBRARY(dcd_ext, m) {
         " float temperature=1.0, str kind=\"kl\", str weighting=\"dcd\", float con_weight=1.0)"
         " -> (Tensor loss, Tensor con, Tensor dist, Tensor hard, Tensor i2t_dist_weight, Tensor i2t_hard_weight,"
         " Tensor t2i_dist_weight, Tensor t2i_hard_weight)");
+  // which GEMM the CPU kernels use for each input dtype, and the CPU features that decided it
+  m.def("cpu_gemm_report() -> str", &dcd::cpu::gemm_report);
 }

@@ -47,6 +47,7 @@ def collect() -> dict:
     try:
         import_module("dcd_ext.ops")
         info["ops_loaded"] = True
+        info["cpu_gemm"] = torch.ops.dcd_ext.cpu_gemm_report()
     except ImportError as exc:
         info.update(ops_loaded=False, error=str(exc))
     # Asking for the device count is cheap and does not create a CUDA context.

@@ -4,9 +4,11 @@
 // reduced at the end (O(threads * M) and O(threads * M * D) extra memory, never O(N * M)).
 #include <ATen/Parallel.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "cpu/contrastive_tile.h"
+#include "cpu/tile_gemm.h"
 #include "kernels.h"
 
 namespace dcd {
@@ -25,13 +27,34 @@ PairMask make_mask(const ContrastiveInputs& in) {
   return mask;
 }
 
-// Calls fn(tid, r0, rows, ub, c0, cols, tile) for every (row block, column tile), tile = ub @ vt^T in
-// the accumulation dtype, parallel over row blocks. before_block/after_block bracket each row block.
+// Operand dtype of the tile products: float64 inputs stay float64; otherwise tile_gemm's choice (bfloat16
+// where the CPU multiplies it natively, float32 otherwise).
+template <typename acc_t>
+at::ScalarType tile_operand_dtype(const at::Tensor& img, const at::Tensor& txt) {
+  if (std::is_same<acc_t, double>::value) return at::kDouble;
+  return operand_dtype(img.scalar_type() == txt.scalar_type() ? img.scalar_type() : at::kFloat);
+}
+
+// tile (rows x cols, ld cols) = ub @ txt[c0 : c0 + cols]^T in the accumulation dtype.
+template <typename acc_t>
+void tile_product(const at::Tensor& ub, const ScoreKeys& txt, int64_t c0, at::Tensor& tile) {
+  if constexpr (std::is_same<acc_t, double>::value) {
+    at::mm_out(tile, ub, txt.rows.narrow(0, c0, tile.size(1)).t());
+  } else {
+    score_tile(ub, txt, c0, tile.size(1), tile.data_ptr<float>(), tile.size(1));
+  }
+}
+
+// Calls fn(tid, geometry, ub, vt, tile) for every (row block, column tile), tile = ub @ vt^T in the
+// accumulation dtype, parallel over row blocks; ub and vt are in the operand dtype (txt converted once).
+// before_block/after_block bracket each row block.
 template <typename acc_t, typename BlockBegin, typename TileFn, typename BlockEnd>
 void for_each_tile(const at::Tensor& img, const at::Tensor& txt, BlockBegin before_block, TileFn on_tile,
                    BlockEnd after_block) {
   const int64_t n = img.size(0), m = txt.size(0);
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+  const auto op = tile_operand_dtype<acc_t>(img, txt);
+  const auto txt_ops = prepare_score_keys(txt, op);
   const int64_t block = row_block_size(n, at::get_num_threads(), kRowTile);
   const int64_t nblocks = (n + block - 1) / block;
   const int64_t col_tile = std::min(kColTile, m);
@@ -40,18 +63,33 @@ void for_each_tile(const at::Tensor& img, const at::Tensor& txt, BlockBegin befo
     auto tile_buf = at::empty({block * col_tile}, img.options().dtype(acc));
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * block, rows = std::min(block, n - r0);
-      auto ub = img.narrow(0, r0, rows).to(acc);
+      auto ub = img.narrow(0, r0, rows).to(op).contiguous();
       before_block(tid, r0, rows);
       for (int64_t c0 = 0; c0 < m; c0 += col_tile) {
         const int64_t cols = std::min(col_tile, m - c0);
-        auto vt = txt.narrow(0, c0, cols).to(acc);
+        auto vt = txt_ops.rows.narrow(0, c0, cols);
         auto tile = tile_buf.narrow(0, 0, rows * cols).view({rows, cols});
-        at::mm_out(tile, ub, vt.t());
+        tile_product<acc_t>(ub, txt_ops, c0, tile);
         on_tile(tid, TileGeometry{r0, rows, c0, cols, cols}, ub, vt, tile);
       }
       after_block(tid, r0, rows);
     }
   });
+}
+
+// d_img rows += scale * dS @ vt and d_txt rows += scale * dS^T @ ub, dS = the gradient tile (in place of
+// the scores), its products in the operand dtype of ub/vt.
+template <typename acc_t>
+void tile_grad_products(const at::Tensor& ds, const at::Tensor& ub, const at::Tensor& vt, acc_t scale,
+                        at::Tensor d_img_rows, at::Tensor d_txt_rows) {
+  if constexpr (std::is_same<acc_t, double>::value) {
+    d_img_rows.addmm_(ds, vt, 1, scale);
+    d_txt_rows.addmm_(ds.t(), ub, 1, scale);
+  } else {
+    const auto ds_op = ds.to(ub.scalar_type());
+    gemm_nn(ds_op, vt, d_img_rows.data_ptr<float>(), d_img_rows.stride(0), scale, 1.0f);
+    gemm_tn(ds_op, ub, d_txt_rows.data_ptr<float>(), d_txt_rows.stride(0), scale, 1.0f);
+  }
 }
 
 template <typename acc_t>
@@ -108,8 +146,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_grad_impl(const ContrastiveIn
       in.img, in.txt, [](int, int64_t, int64_t) {},
       [&](int tid, const TileGeometry& g, const at::Tensor& ub, const at::Tensor& vt, const at::Tensor& tile) {
         d_scale[tid] += contrastive_tile_grad(tile.data_ptr<acc_t>(), g, scale, mask, gr, lr, gc, lc);
-        d_img.narrow(0, g.r0, g.rows).addmm_(tile, vt, 1, scale);
-        d_txt_parts[tid].narrow(0, g.c0, g.cols).addmm_(tile.t(), ub, 1, scale);
+        tile_grad_products<acc_t>(tile, ub, vt, scale, d_img.narrow(0, g.r0, g.rows),
+                                  d_txt_parts[tid].narrow(0, g.c0, g.cols));
       },
       [](int, int64_t, int64_t) {});
 

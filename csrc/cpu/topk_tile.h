@@ -13,18 +13,26 @@ template <typename acc_t>
 void topk_tile_update(const acc_t* scores, index_t r0, index_t rows, index_t c0, index_t cols, index_t ld,
                       const index_t* query_ids, const index_t* key_ids, int k, float* values, index_t* indices) {
   if (k <= 0) return;
+  constexpr index_t kGroup = 16;  // one vector compare rejects a whole group once the list is warm
   for (index_t r = 0; r < rows; ++r) {
     const acc_t* sr = scores + r * ld;
     float* vals = values + (r0 + r) * k;
     index_t* idx = indices + (r0 + r) * k;
     float threshold = vals[k - 1];
     const index_t qid = query_ids ? query_ids[r0 + r] : 0;
-    for (index_t j = 0; j < cols; ++j) {
-      const float v = static_cast<float>(sr[j]);
-      if (!(v > threshold)) continue;  // rejects almost every element once the list is warm
-      if (key_ids && key_ids[c0 + j] == qid) continue;
-      topk_insert(vals, idx, k, v, c0 + j);
-      threshold = vals[k - 1];
+    for (index_t j0 = 0; j0 < cols; j0 += kGroup) {
+      const index_t j1 = j0 + kGroup < cols ? j0 + kGroup : cols;
+      bool any = false;
+#pragma omp simd reduction(|| : any)
+      for (index_t j = j0; j < j1; ++j) any = any || static_cast<float>(sr[j]) > threshold;
+      if (!any) continue;
+      for (index_t j = j0; j < j1; ++j) {
+        const float v = static_cast<float>(sr[j]);
+        if (!(v > threshold)) continue;
+        if (key_ids && key_ids[c0 + j] == qid) continue;
+        topk_insert(vals, idx, k, v, c0 + j);
+        threshold = vals[k - 1];
+      }
     }
   }
 }

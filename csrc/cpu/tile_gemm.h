@@ -1,0 +1,48 @@
+// Tile products of the CPU kernels, C (float32) = alpha * op(A) op(B) + beta * C, with A and B float32,
+// bfloat16 or float16 and accumulation in float32. Which GEMM runs is decided from what the CPU and torch
+// offer (gemm_report says which): where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX),
+// bfloat16 operands are multiplied as they are, so products are exact and only the accumulation order
+// differs from float32 — score tiles through torch's oneDNN brgemm micro-kernel on keys packed once per
+// call, the other products through MKL's bf16 x bf16 -> f32 GEMM; everything else is widened to float32
+// once and multiplied by torch's float32 GEMM.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace dcd {
+namespace cpu {
+
+enum class GemmPath { kFloat32, kBF16Native };
+
+// Keys of the score products of one op call, prepared once: rows in the operand dtype and, where the
+// brgemm micro-kernel runs, their transpose packed for it in chunks of kScoreChunk columns (O(M * D)).
+struct ScoreKeys {
+  at::Tensor rows;    // [m, k], operand dtype
+  at::Tensor packed;  // brgemm only
+  bool brgemm = false;
+};
+constexpr int64_t kScoreChunk = 64;
+
+ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype);
+// c[rows x cols] (ldc) = a @ keys.rows[c0 : c0 + cols]^T, a [rows, k] contiguous in the operand dtype;
+// c0 a multiple of kScoreChunk.
+void score_tile(const at::Tensor& a, const ScoreKeys& keys, int64_t c0, int64_t cols, float* c, int64_t ldc);
+
+// The path for operands of this dtype (float64 never reaches here: it has its own kernels).
+GemmPath gemm_path_for(at::ScalarType dtype);
+// The dtype operands are kept in for gemm_path_for(dtype): bfloat16 on the native path, float32 otherwise.
+at::ScalarType operand_dtype(at::ScalarType dtype);
+// One line per input dtype naming the chosen path, and the CPU features it was chosen from.
+std::string gemm_report();
+
+// c[m x n] (ldc) = alpha * a @ b^T + beta * c: a [m, k], b [n, k], both row-major contiguous, same dtype.
+void gemm_nt(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, float alpha, float beta);
+// c[m x n] = alpha * a @ b + beta * c: a [m, k] (row-major, lda), b [k, n] contiguous.
+void gemm_nn(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, float alpha, float beta);
+// c[m x n] = alpha * a^T @ b + beta * c: a [k, m] (row-major), b [k, n] contiguous.
+void gemm_tn(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, float alpha, float beta);
+
+}  // namespace cpu
+}  // namespace dcd

@@ -1,0 +1,103 @@
+"""The CPU kernels' tile GEMM paths: native bf16 products where the CPU has them, float32 otherwise.
+Every path this machine can take runs here (DCD_CPU_GEMM=float32 forces the fallback) and must give the
+float32 kernel's results on the bf16-rounded inputs, up to accumulation-order rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcd_ext import ops, reference
+from op_helpers import unit_rows
+
+PATHS = ["auto", "float32"]
+
+
+def unit(n: int, d: int, seed: int) -> torch.Tensor:
+    return unit_rows(n, d, torch.Generator().manual_seed(seed))
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.fixture(params=PATHS)
+def gemm_path(request, monkeypatch):
+    if request.param == "float32":
+        monkeypatch.setenv("DCD_CPU_GEMM", "float32")
+    else:
+        monkeypatch.delenv("DCD_CPU_GEMM", raising=False)
+    return request.param
+
+
+def test_report_names_the_path_the_cpu_features_allow(monkeypatch):
+    monkeypatch.delenv("DCD_CPU_GEMM", raising=False)
+    report = torch.ops.dcd_ext.cpu_gemm_report()
+    flags = cpu_flags()
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert f"avx512_bf16={int('avx512_bf16' in flags)}" in report
+    native = "bfloat16: native bf16 x bf16 -> f32 (MKL)" in report
+    if not has_bf16:
+        assert not native
+    if native:
+        assert "mkl bf16 gemm: yes" in report
+    monkeypatch.setenv("DCD_CPU_GEMM", "float32")
+    assert "bfloat16: widened to float32" in torch.ops.dcd_ext.cpu_gemm_report()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,m,d,k", [(300, 1500, 64, 10), (7, 2100, 40, 3), (257, 1025, 33, 1030)])
+def test_similarity_topk_low_precision_equals_float32_on_rounded_inputs(gemm_path, dtype, n, m, d, k):
+    q, keys = unit(n, d, 0).to(dtype), unit(m, d, 1).to(dtype)
+    values, indices = ops.similarity_topk(q, keys, k)
+    want_values, want_indices = ops.similarity_topk(q.float(), keys.float(), k)
+    ref_values, _ = reference.similarity_topk(q.double(), keys.double(), k)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, want_values, rtol=0, atol=2e-6)
+    torch.testing.assert_close(values.double(), ref_values.double(), rtol=0, atol=2e-6, equal_nan=True)
+    # indices agree wherever the scores are not a near-tie
+    gap = (want_values[:, 1:] - want_values[:, :-1]).abs()
+    clear = torch.ones_like(indices, dtype=torch.bool)
+    clear[:, 1:] &= gap > 1e-5
+    clear[:, :-1] &= gap > 1e-5
+    assert torch.equal(indices[clear], want_indices[clear])
+    if k > m:
+        assert (indices[:, m:] == -1).all() and torch.isinf(values[:, m:]).all()
+
+
+def test_similarity_topk_mixed_dtypes_and_ids(gemm_path):
+    q, keys = unit(50, 32, 0).bfloat16(), unit(400, 32, 1)
+    ids_q, ids_k = torch.arange(50) % 7, torch.arange(400) % 7
+    values, indices = ops.similarity_topk(q, keys, 5, ids_q, ids_k)
+    want_values, want_indices = reference.similarity_topk(q.double(), keys.double(), 5, ids_q, ids_k)
+    torch.testing.assert_close(values.double(), want_values.double(), rtol=0, atol=2e-6)
+    assert (ids_k[indices] != ids_q.view(-1, 1)).all()
+
+
+@pytest.mark.parametrize("n,m,d", [(600, 600, 48), (130, 1030, 20)])
+def test_contrastive_loss_bf16_matches_the_float64_reference_on_rounded_inputs(gemm_path, n, m, d):
+    img = unit(n, d, 2).bfloat16().requires_grad_()
+    txt = unit(m, d, 3).bfloat16().requires_grad_()
+    scale = torch.tensor(20.0, requires_grad=True)
+    pos_row = torch.arange(n) % m
+    pos_col = torch.where(torch.arange(m) < n, torch.arange(m), torch.full((m,), -1))
+    loss = ops.contrastive_loss(img, txt, scale, pos_row, pos_col)
+    loss.backward()
+    img64 = img.detach().double().requires_grad_()
+    txt64 = txt.detach().double().requires_grad_()
+    scale64 = scale.detach().double().requires_grad_()
+    ref = reference.contrastive_loss(img64, txt64, scale64, pos_row, pos_col)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scale.grad.double(), scale64.grad, rtol=1e-3, atol=1e-4)
+    # gradients come back in bfloat16: compare at bf16 resolution relative to their size
+    for got, want in ((img.grad, img64.grad), (txt.grad, txt64.grad)):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
