@@ -290,3 +290,22 @@ def _distill_backward(ctx, grad_dist, grad_hard, grad_wd, grad_wh):
 
 
 torch.library.register_autograd("dcd_ext::distill_loss", _distill_backward, setup_context=_distill_setup)
+
+
+def _refuse_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"dcd_ext.ops.{op}: double backward (the gradient of a gradient, e.g. a gradient penalty after "
+            f"torch.autograd.grad(..., create_graph=True)) is not supported by the fused kernels; use "
+            f"dcd_ext.reference.{op} for that term")
+
+    def setup(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(f"dcd_ext::{op}_backward", backward, setup_context=setup)
+
+
+# The gradients are themselves differentiable functions of the inputs; without an autograd formula for
+# the backward ops their own gradients would silently come out as zero.
+for _op in ("contrastive_loss", "distill_loss"):
+    _refuse_double_backward(_op)
