@@ -20,28 +20,10 @@ from safetensors.torch import load_model, save_model
 from ..files import write_atomically, write_text_atomically
 from .dual_encoder import DualEncoder, StudentConfig
 from .small_towers import SmallTowers
-from .tokenizer import WordTokenizer, build_vocab
+from .tokenizer import HFTokenizer, TEXT_MAX_LENGTH, WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-TEXT_MAX_LENGTH = 40  # the teachers' text length (docs/design.md section 5.1)
-
-
-class HFTokenizer:
-    """A Hugging Face tokenizer called the way the students call theirs: texts in, (ids, mask) out.
-
-    ``padding``: ``"longest"`` (the batch's longest text) or ``"max_length"`` (always ``max_length``)."""
-
-    def __init__(self, tokenizer, max_length: int = TEXT_MAX_LENGTH, padding: str = "longest"):
-        self.tokenizer, self.max_length, self.padding = tokenizer, max_length, padding
-
-    def __call__(self, texts: list[str]):
-        enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
-                             return_attention_mask=True, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
-    def save(self, out_dir: str) -> None:
-        self.tokenizer.save_pretrained(out_dir)
 
 
 def build_small_student(captions: Optional[Sequence[str]] = None, vocab: Optional[list[str]] = None,
@@ -171,7 +153,8 @@ def student_folder_kind(path: str) -> Optional[str]:
     """What kind of student folder ``path`` is: ``"saved"`` (config.json of a :class:`StudentConfig` and
     model.safetensors), ``"clip"`` / ``"siglip"`` (a transformers folder of that ``model_type``),
     ``"open_clip"`` (an open_clip local-dir folder), or None."""
-    from .hf_dual import HF_KINDS, folder_model_type
+    from ..hf_folders import folder_model_type
+    from .hf_dual import HF_KINDS
     from .open_clip_student import is_open_clip_folder
 
     if not os.path.isdir(path):
@@ -198,7 +181,7 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
         from .open_clip_student import load_open_clip_folder
         return load_open_clip_folder(folder, device)
     if os.path.isdir(folder) and kind is None:
-        from .hf_dual import folder_model_type
+        from ..hf_folders import folder_model_type
         model_type = folder_model_type(folder)
         if model_type is not None:
             raise ValueError(f"student: {folder} holds a transformers {model_type!r} model; a student folder is "

@@ -21,7 +21,6 @@ processor), so transformers loads it as well.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -29,23 +28,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..hf_folders import folder_model_type, save_processor_files
 from .dual_encoder import MAX_LOGIT_SCALE, DualEncoder, StudentConfig
+from .tokenizer import HFTokenizer
 
 HF_KINDS = ("clip", "siglip")
-
-
-def folder_model_type(folder: str | os.PathLike) -> str | None:
-    """``model_type`` of a Hugging Face folder's config.json (None when there is none, or no such key)."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return None
-    value = config.get("model_type") if isinstance(config, dict) else None
-    return value if isinstance(value, str) else None
 
 
 class HFImageTransform:
@@ -119,7 +106,6 @@ def _load_processor(folder: Path, kind: str):
 
 def student_from_hf_model(model: nn.Module, processor) -> DualEncoder:
     """A student around a live ``CLIPModel`` / ``SiglipModel`` and its processor (shared, not copied)."""
-    from .factory import HFTokenizer
 
     kind = model.config.model_type
     if kind not in HF_KINDS:
@@ -171,13 +157,3 @@ def save_hf_student(student: DualEncoder, out_dir: str | os.PathLike) -> None:
         model.save_pretrained(out_dir)
     save_processor_files(towers.processor, out_dir)
 
-
-def save_processor_files(processor, out_dir: str | os.PathLike) -> None:
-    """The processor as hub folders ship it: ``preprocessor_config.json`` and the tokenizer's own files
-    (``tokenizer.json``, ``tokenizer_config.json``; a BPE tokenizer also ``vocab.json`` + ``merges.txt``)."""
-    processor.image_processor.save_pretrained(out_dir)
-    tokenizer = processor.tokenizer
-    tokenizer.save_pretrained(out_dir)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and type(backend.model).__name__ == "BPE" and tokenizer.__class__.__name__ == "CLIPTokenizer":
-        backend.model.save(str(out_dir))  # vocab.json + merges.txt, as CLIP folders ship them

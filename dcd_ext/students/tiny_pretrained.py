@@ -14,29 +14,20 @@ The weights depend only on ``seed``; the global RNG is left untouched.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from ..hf_folders import image_processor, save_processor_files
 from ..teachers.hf_quiet import hf_progress_bars_off
 from ..teachers.tokenizer_files import clip_bpe_tokenizer, gemma_char_tokenizer
 
 __all__ = ["build_tiny_clip", "build_tiny_open_clip", "build_tiny_siglip"]
 
 
-def _image_processor(kind: str, **kwargs):
-    """The backend transformers itself picks for this folder (torchvision when installed, else PIL)."""
-    import transformers
-    from transformers.utils import is_torchvision_available
-
-    name = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "blip": "BlipImageProcessor"}[kind]
-    return getattr(transformers, name if is_torchvision_available() else name + "Pil")(**kwargs)
-
-
 def _save(model, processor, out_dir: Path) -> Path:
-    from .hf_dual import save_processor_files
-
     with hf_progress_bars_off():
         model.save_pretrained(out_dir)
     save_processor_files(processor, out_dir)
@@ -65,7 +56,7 @@ def build_tiny_clip(out_dir, vocab_words: Iterable[str], *, image_size: int = 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config)
-    processor = CLIPProcessor(image_processor=_image_processor(
+    processor = CLIPProcessor(image_processor=image_processor(
         "clip", size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer)
     return _save(model, processor, out_dir)
@@ -94,7 +85,7 @@ def build_tiny_siglip(out_dir, *, image_size: int = 32, patch_size: int = 16, hi
         with torch.no_grad():  # SigLIP's own initial values: log 10 and -10, as in the paper
             model.logit_scale.fill_(torch.log(torch.tensor(10.0)))
             model.logit_bias.fill_(-10.0)
-    processor = SiglipProcessor(image_processor=_image_processor(
+    processor = SiglipProcessor(image_processor=image_processor(
         "siglip", size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
     return _save(model, processor, out_dir)
 
@@ -121,8 +112,14 @@ def build_tiny_open_clip(out_dir, name: str = "tiny-vit-dcd", *, seed: int = 0, 
     config_path, weights_path = out_dir / f"{name}.json", out_dir / f"{name}.pt"
     config_path.write_text(json.dumps(tiny_open_clip_config(**config), indent=1))
     open_clip.add_model_config(config_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns that a model without pretrained weights is random: it is meant to be
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None)
+    finally:
+        root.setLevel(level)
     torch.save(model.state_dict(), weights_path)
     return config_path, weights_path

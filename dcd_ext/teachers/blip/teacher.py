@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..base import CrossEncoderTeacher, Item
 from ..checkpoint_io import CheckpointError
+from ...hf_folders import save_processor_files
 from ..hf_quiet import hf_progress_bars_off
 
 __all__ = ["BlipTeacher", "load_blip_teacher"]
@@ -73,8 +74,6 @@ class BlipTeacher(CrossEncoderTeacher):
         return itm[:, 1] - itm[:, 0]
 
     def save(self, out_dir) -> Path:
-        from ...students.hf_dual import save_processor_files
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with hf_progress_bars_off():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ...hf_folders import image_processor, save_processor_files
 from ..hf_quiet import hf_progress_bars_off
 from ..tokenizer_files import load_bert_tokenizer, write_wordpiece_vocab
 
@@ -20,9 +21,6 @@ def build_tiny_blip(out_dir, vocab_words: Iterable[str], *, image_size: int = 32
     tokenizer built from ``vocab_words`` (plus single characters) and a preprocessor config (resize to
     ``image_size`` squared, bicubic, CLIP mean/std, as BLIP's). The weights depend only on ``seed``."""
     from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
-
-    from ...students.hf_dual import save_processor_files
-    from ...students.tiny_pretrained import _image_processor
 
     if image_size % patch_size:
         raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
@@ -43,7 +41,7 @@ def build_tiny_blip(out_dir, vocab_words: Iterable[str], *, image_size: int = 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BlipForImageTextRetrieval(config)
-    processor = BlipProcessor(_image_processor("blip", size={"height": image_size, "width": image_size}),
+    processor = BlipProcessor(image_processor("blip", size={"height": image_size, "width": image_size}),
                               tokenizer)
     with hf_progress_bars_off():
         model.save_pretrained(out_dir)
