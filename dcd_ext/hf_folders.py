@@ -42,7 +42,12 @@ def save_processor_files(processor, out_dir: str | os.PathLike) -> None:
     BERT; a CLIP tokenizer also gets ``vocab.json`` + ``merges.txt``)."""
     processor.image_processor.save_pretrained(out_dir)
     tokenizer = processor.tokenizer
-    tokenizer.save_pretrained(out_dir)
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # the fast backend keeps the padding/truncation of its last call; transformers sets both on every
+        # call, and a hub tokenizer.json carries neither
+        backend.no_padding()
+        backend.no_truncation()
+    tokenizer.save_pretrained(out_dir)
     if backend is not None and type(tokenizer).__name__ == "CLIPTokenizer":
         backend.model.save(str(out_dir))  # vocab.json + merges.txt, as CLIP folders ship them
