@@ -5,6 +5,7 @@ the teacher flags. Commands import this module; it imports no command and no tra
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -87,14 +88,15 @@ def resolve_device(spec: str, world: World = SINGLE) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
-TEACHER_KIND_HELP = "teacher type; auto: a folder with config.json is ViLT, otherwise (a checkpoint file) METER"
+TEACHER_KIND_HELP = ("teacher type; auto: a folder's config.json says (model_type vilt or blip), otherwise "
+                     "(a checkpoint file) METER")
 
 
 def add_teacher_arguments(parser, required: bool = False, purpose: str = "teacher",
                           batch_size: bool = True) -> None:
     """--teacher, --teacher-kind, --teacher-tokenizer (old spelling --tokenizer) and --teacher-batch-size."""
     parser.add_argument("--teacher", required=required,
-                        help=f"{purpose}: a local ViLT Hugging Face folder or a METER checkpoint file")
+                        help=f"{purpose}: a local ViLT or BLIP Hugging Face folder, or a METER checkpoint file")
     parser.add_argument("--teacher-kind", choices=("auto",) + TEACHER_KINDS, default="auto", help=TEACHER_KIND_HELP)
     parser.add_argument("--teacher-tokenizer",
                         help="tokenizer folder (METER: a RoBERTa folder; its config.json, if any, sets the text "
@@ -105,13 +107,31 @@ def add_teacher_arguments(parser, required: bool = False, purpose: str = "teache
                             help="pairs per teacher forward pass (scoring micro-batch)")
 
 
+HF_TEACHER_TYPES = {"vilt": "vilt", "blip": "blip"}  # config.json model_type -> teacher kind
+
+
 def teacher_kind(path: str, kind: str = "auto") -> str:
-    """auto: a Hugging Face folder (config.json) is ViLT; a checkpoint file or a folder of one is METER."""
+    """auto: a Hugging Face folder is the kind its config.json's ``model_type`` names (vilt, blip; a
+    config.json without one is read as ViLT, as before); a checkpoint file or a folder of one is METER."""
     if kind != "auto":
         return kind
     if not os.path.exists(path):
         raise FileNotFoundError(f"teacher: not found: {path}")
-    return "vilt" if os.path.isfile(os.path.join(path, "config.json")) else "meter"
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return "meter"
+    try:
+        with open(config, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"teacher: cannot read {config}: {e}") from None
+    model_type = doc.get("model_type") if isinstance(doc, dict) else None
+    if model_type is None:
+        return "vilt"
+    if model_type not in HF_TEACHER_TYPES:
+        raise ValueError(f"teacher: {config} has model_type {model_type!r}; a teacher folder is ViLT or BLIP "
+                         f"({', '.join(HF_TEACHER_TYPES)}), or pass a METER checkpoint")
+    return HF_TEACHER_TYPES[model_type]
 
 
 def load_teacher_from_args(args: argparse.Namespace, device: torch.device, **options):

@@ -9,12 +9,18 @@ Per step, :class:`DCDLoss`
 3. calls ``dcd_ext.ops.dynamic_contrastive_loss``. With an embedding queue the contrastive term also
    sees the queued embeddings as negatives; the candidate terms stay in-batch (the teacher needs the raw
    image and text of every candidate).
+
+Used in your own training loop (no CLI; docs/plugin.md)::
+
+    dcd = DCDLoss(teacher, k=7, alpha=0.2)       # a CrossEncoderTeacher, or teacher(images, texts, pairs)
+    out = dcd(img_emb, txt_emb, logit_scale, image_ids, images, texts)
+    out.loss.backward()                          # out.con, out.dist, out.hard, weights, teacher_seconds
 """
 
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +38,15 @@ def ops():
 
 
 class LossOutput(NamedTuple):
+    """A step's loss and its named parts.
+
+    ``loss`` = con_weight * ``con`` + alpha * ``dist`` + (1 - alpha) * ``hard`` (the only differentiable
+    output callers need); ``con`` the bidirectional InfoNCE term, ``dist`` the distillation term and
+    ``hard`` the student's own cross-entropy over its candidates (both averaged over the two directions);
+    ``*_weight`` the per-anchor dynamic weights [B] of the two candidate terms in each direction;
+    ``teacher_pairs`` the distinct (image, text) pairs the teacher scored and ``teacher_seconds`` the time
+    spent mining and scoring them. The contrastive baseline fills ``loss`` and ``con`` only."""
+
     loss: Tensor
     con: Tensor
     dist: Optional[Tensor] = None
@@ -110,6 +125,26 @@ class Targets(NamedTuple):
     teacher_seconds: float = 0.0
 
 
+def check_batch(img: Tensor, txt: Tensor, image_ids, images, texts) -> Tensor:
+    """The image ids as an int64 tensor on the embeddings' device, after checking that the batch is one of B
+    rows everywhere (a ValueError naming the argument otherwise)."""
+    if not isinstance(img, Tensor) or not isinstance(txt, Tensor):
+        raise TypeError("img, txt: the embeddings must be tensors [B, D]")
+    if img.dim() != 2 or img.shape != txt.shape:
+        raise ValueError(f"img, txt: expected two [B, D] tensors of one shape; got {tuple(img.shape)} and "
+                         f"{tuple(txt.shape)}")
+    b = img.shape[0]
+    image_ids = torch.as_tensor(image_ids, device=img.device)
+    if image_ids.shape != (b,) or image_ids.dtype.is_floating_point or image_ids.dtype == torch.bool:
+        raise ValueError(f"image_ids: expected {b} integer ids (one per row); got {tuple(image_ids.shape)} "
+                         f"{image_ids.dtype}")
+    for name, values in (("images", images), ("texts", texts)):
+        if values is not None and len(values) != b:
+            raise ValueError(f"{name}: expected the batch's {b} raw items (row i is the pair images[i], texts[i]); "
+                             f"got {len(values)}")
+    return image_ids.long()
+
+
 class StudentLoss(nn.Module):
     """A loss in three parts, so that a step can mine once and evaluate the loss on embeddings assembled
     from several micro-batches and processes: :meth:`prepare` (no gradient: mining, teacher scores),
@@ -136,6 +171,10 @@ class StudentLoss(nn.Module):
 
     def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images=None,
                 texts=None) -> LossOutput:
+        """The whole step's loss for a batch of B (image, text) rows (see :class:`DCDLoss`)."""
+        image_ids = check_batch(img, txt, image_ids, images, texts)
+        if not isinstance(logit_scale, Tensor):
+            logit_scale = torch.tensor(float(logit_scale), device=img.device)
         targets = self.prepare(img.detach(), txt.detach(), image_ids, images, texts)
         out = self.compute(img, txt, logit_scale, image_ids, targets)
         self.push(img, txt, image_ids)
@@ -178,12 +217,57 @@ def first_row_of_id(ids: Tensor) -> Tensor:
     return first.scatter_reduce(0, inverse, rows, reduce="amin")[inverse]
 
 
+PairScorer = Callable[[Sequence[Any], Sequence[Any], Tensor], Tensor]
+
+
+def pair_scorer(teacher) -> PairScorer:
+    """The function DCD calls on the mined pairs: ``teacher.score_pairs`` (a
+    :class:`~dcd_ext.teachers.CrossEncoderTeacher` or anything with that method), else ``teacher`` itself,
+    called as ``teacher(images, texts, pairs)`` with ``pairs`` an int64 [P, 2] CPU tensor of (index into
+    images, index into texts) and returning P scores (higher = better match; a tensor or a sequence)."""
+    if teacher is None:
+        raise ValueError("teacher: DCDLoss needs a teacher: a CrossEncoderTeacher (load_teacher) or a callable "
+                         "teacher(images, texts, pairs) -> scores [P]")
+    score = getattr(teacher, "score_pairs", None)
+    if callable(score):
+        return score
+    if callable(teacher):
+        return teacher
+    raise TypeError(f"teacher: expected a CrossEncoderTeacher or a callable teacher(images, texts, pairs); "
+                    f"got {type(teacher).__name__}")
+
+
+def checked_scores(scores, count: int) -> Tensor:
+    """A teacher's answer as float32 [count], or a ValueError that says what came back."""
+    scores = torch.as_tensor(scores).detach()
+    if scores.shape != (count,):
+        raise ValueError(f"teacher: returned scores of shape {tuple(scores.shape)} for {count} pairs; "
+                         f"expected [{count}]")
+    scores = scores.float()
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("teacher: returned non-finite scores (nan or inf)")
+    return scores
+
+
 class DCDLoss(StudentLoss):
+    """Dynamic contrastive distillation as a loss module (see the module docstring and docs/plugin.md).
+
+    ``teacher``: a :class:`~dcd_ext.teachers.CrossEncoderTeacher` (``load_teacher("blip", folder)`` ...), or any
+    callable ``teacher(images, texts, pairs) -> scores [P]``; it is asked only for the mined pairs, each
+    distinct pair once per step, without gradients.
+
+    Call ``loss_fn(img_emb, txt_emb, logit_scale, image_ids, images, texts)`` with row i of the batch being
+    the pair (images[i], texts[i]): ``img_emb`` / ``txt_emb`` [B, D] L2-normalised embeddings (B >= 2; gradients
+    flow into them and into ``logit_scale``, the scalar multiplier of the cosine similarities, e.g. CLIP's
+    ``logit_scale.exp()``), ``image_ids`` [B] integers (rows with one id show one image: they are each other's
+    positives, never negatives), ``images`` / ``texts`` the raw batch in whatever form the teacher reads
+    (PIL images and strings for the package's teachers). Returns a :class:`LossOutput`.
+    """
+
     def __init__(self, teacher, k: int = 7, alpha: float = 0.2, temperature: float = 1.0, kind: str = "kl",
                  weighting: str = "dcd", con_weight: float = 1.0, mine_by: str = "student",
                  teacher_pool: int = 32, queue_size: int = 0, seed: int = 0):
-        if teacher is None:
-            raise ValueError("teacher: DCDLoss needs a teacher with score_pairs(images, texts, pairs)")
+        self._score_pairs = pair_scorer(teacher)
         if k < 1:
             raise ValueError(f"k must be at least 1; got {k}")
         if not 0.0 <= alpha <= 1.0:
@@ -210,7 +294,7 @@ class DCDLoss(StudentLoss):
                              pairs[:, 1]], dim=1)
         def score(unique: Tensor) -> Tensor:
             self.teacher_pairs += unique.shape[0]
-            return self.teacher.score_pairs(images, texts, unique.cpu())
+            return checked_scores(self._score_pairs(images, texts, unique.cpu()), unique.shape[0])
 
         return score_unique_pairs(score, pairs)
 

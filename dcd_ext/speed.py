@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from .cli import make_parser, resolve_device
+from .cli import add_teacher_arguments, make_parser, resolve_device
 from .files import write_text_atomically
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
@@ -254,14 +254,19 @@ def build_parser():
                    help="CPU threads for torch (0: torch's default). On a shared machine 1 avoids thread wake-up "
                         "stalls that inflate small operations like a batch-1 query")
     p.add_argument("--tiny", action="store_true", help="tiny random configurations (seconds; for tests)")
+    p.add_argument("--student", help="measure this student folder (saved, CLIP/SigLIP, open_clip) with --teacher "
+                                     "instead of the built-in random setups (docs/own_models.md)")
+    add_teacher_arguments(p, purpose="with --student, the teacher", batch_size=False)
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    kinds = [t.strip() for t in args.teachers.split(",") if t.strip()]
-    unknown = [t for t in kinds if t not in SETUPS]
+    if (args.student is None) != (args.teacher is None):
+        raise ValueError("student: --student and --teacher go together (or give neither for the built-in setups)")
+    kinds = ["custom"] if args.student else [t.strip() for t in args.teachers.split(",") if t.strip()]
+    unknown = [t for t in kinds if t not in SETUPS and not args.student]
     if unknown or not kinds:
         raise ValueError(f"teachers: expected a comma-separated subset of {list(SETUPS)}; got {args.teachers!r}")
     for name in ("gallery_measured", "gallery", "queries", "k", "amortise_over"):
@@ -275,7 +280,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     for kind in kinds:
         with tempfile.TemporaryDirectory() as workdir:
-            setup = SETUPS[kind](args.tiny, workdir)
+            if args.student:
+                from .speed_custom import custom_setup
+                setup = custom_setup(args, Setup)
+            else:
+                setup = SETUPS[kind](args.tiny, workdir)
             results.append(report_one(setup, args.gallery_measured, args.gallery, args.queries, args.k,
                                       args.amortise_over, device))
         del setup

@@ -1,10 +1,10 @@
-"""Fine-tune a cross-encoder teacher (ViLT or METER) for retrieval.
+"""Fine-tune a cross-encoder teacher (ViLT, METER or BLIP) for retrieval.
 
     python -m dcd_ext.train_teacher --data captions.csv --teacher ./vilt-dir --out ./vilt-ft
 
 The objective is the authors' listwise one: each caption with ``--negatives`` captions of other
 images, cross-entropy over the n+1 rank logits. The result is saved to ``--out`` in the format
-``load_teacher`` reads (ViLT: a Hugging Face directory; METER: ``meter.ckpt`` + tokenizer files).
+``load_teacher`` reads (ViLT, BLIP: a Hugging Face directory; METER: ``meter.ckpt`` + tokenizer files).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .data.pairs_file import load_pairs_file
 from .files import write_text_atomically
 from .teachers import finetune_teacher
 
-DEFAULT_LR = {"vilt": 1e-4, "meter": 5e-6}  # the authors' fine-tuning learning rates
+DEFAULT_LR = {"vilt": 1e-4, "meter": 5e-6, "blip": 1e-5}  # the authors' fine-tuning learning rates
 
 
 def build_parser():
@@ -34,7 +34,8 @@ def build_parser():
     parser.add_argument("--epochs", type=positive_int, default=1)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="anchor captions per step")
     parser.add_argument("--negatives", type=positive_int, default=15, help="sampled negative captions per anchor")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: ViLT 1e-4, METER 5e-6)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default: ViLT 1e-4, METER 5e-6, BLIP 1e-5)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warm-up")
     parser.add_argument("--seed", type=int, default=0)

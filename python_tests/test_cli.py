@@ -40,7 +40,7 @@ def test_teacher_flags_mean_the_same_everywhere(command):
     parser = train_parser() if command == "train" else parser_of(command)
     text = " ".join(parser.format_help().split())
     assert "--teacher-tokenizer" in text and "--teacher-kind" in text
-    assert "a folder with config.json is ViLT" in text
+    assert "a folder's config.json says (model_type vilt or blip)" in text
     assert "--tokenizer " not in text  # the old spelling is accepted but not shown
     args = parser.parse_args(REQUIRED[command] + ["--tokenizer", "tok"])
     assert args.teacher_tokenizer == "tok" and args.teacher_kind == "auto"
@@ -86,6 +86,12 @@ def test_teacher_kind_detection(tmp_path):
     ckpt = tmp_path / "meter.ckpt"
     ckpt.write_bytes(b"x")
     assert cli.teacher_kind(str(folder)) == "vilt"
+    for model_type in ("vilt", "blip"):
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert cli.teacher_kind(str(folder)) == model_type
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(ValueError, match="model_type 'clip'"):
+        cli.teacher_kind(str(folder))
     assert cli.teacher_kind(str(ckpt)) == "meter"
     assert cli.teacher_kind(str(ckpt), "vilt") == "vilt"
     with pytest.raises(FileNotFoundError, match="teacher: not found"):

@@ -18,7 +18,7 @@ MAX_LOGIT_SCALE = 100.0
 class StudentConfig:
     """Everything needed to rebuild a student's architecture (weights live next to it in safetensors)."""
 
-    kind: str = "small"  # small | vilt | meter
+    kind: str = "small"  # small | vilt | meter | clip | siglip | open_clip
     embed_dim: int = 256
     image_size: int = 32
     init_logit_scale: float = 1 / 0.07
@@ -45,15 +45,28 @@ class StudentConfig:
 
 
 class DualEncoder(nn.Module):
-    """``towers`` provides ``image_features(pixels)``, ``text_features(ids, mask)``, ``image_dim``, ``text_dim``."""
+    """``towers`` provides ``image_features(pixels)``, ``text_features(ids, mask)``, ``image_dim``, ``text_dim``.
+
+    ``project=False``: the towers already end in the model's own projections (a pretrained CLIP, SigLIP or
+    open_clip model); no new linear layer is added and ``config.embed_dim`` must equal the towers' width.
+    ``max_logit_scale``: the clamp of :meth:`clamp_logit_scale` (CLIP's 100; a pretrained model whose own
+    scale is larger keeps it as the bound)."""
 
     def __init__(self, config: StudentConfig, towers: nn.Module, tokenizer: Callable[[list[str]], tuple[Tensor, Tensor]],
-                 image_transform: Callable[[Image.Image], Tensor]):
+                 image_transform: Callable[[Image.Image], Tensor], project: bool = True,
+                 max_logit_scale: float = MAX_LOGIT_SCALE):
         super().__init__()
         self.config = config
         self.towers = towers
-        self.image_proj = nn.Linear(towers.image_dim, config.embed_dim)
-        self.text_proj = nn.Linear(towers.text_dim, config.embed_dim)
+        if project:
+            self.image_proj = nn.Linear(towers.image_dim, config.embed_dim)
+            self.text_proj = nn.Linear(towers.text_dim, config.embed_dim)
+        else:
+            if not towers.image_dim == towers.text_dim == config.embed_dim:
+                raise ValueError(f"towers without a new projection must embed to embed_dim {config.embed_dim}; "
+                                 f"got image {towers.image_dim}, text {towers.text_dim}")
+            self.image_proj, self.text_proj = nn.Identity(), nn.Identity()
+        self.max_logit_scale = float(max_logit_scale)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
         self.tokenizer = tokenizer
         self.image_transform = image_transform
@@ -63,9 +76,9 @@ class DualEncoder(nn.Module):
         return self.log_logit_scale.exp()
 
     def clamp_logit_scale(self) -> None:
-        """Keep the scale in (1, 100], as CLIP does after every optimiser step."""
+        """Keep the scale in [1, max_logit_scale] (CLIP: 100), as CLIP does after every optimiser step."""
         with torch.no_grad():
-            self.log_logit_scale.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
+            self.log_logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
     def encode_image(self, pixels: Tensor) -> Tensor:
         return F.normalize(self.image_proj(self.towers.image_features(pixels)).float(), dim=-1)

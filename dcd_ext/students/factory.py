@@ -1,7 +1,11 @@
 """Building, saving and loading students.
 
 A saved student is a folder: ``config.json`` (a :class:`StudentConfig`), ``model.safetensors`` and, for
-towers taken from a teacher, that teacher's tokenizer files.
+towers taken from a teacher, that teacher's tokenizer files. Students that started as a pretrained dual
+encoder are saved in that model's own format, so its library loads them too: a transformers CLIP or
+SigLIP folder (``config.json`` with ``model_type`` clip / siglip, see :mod:`.hf_dual`), or an open_clip
+``local-dir`` folder (``open_clip_config.json`` + ``open_clip_model.safetensors``, see
+:mod:`.open_clip_student`). :func:`load_student` accepts all of them.
 """
 
 from __future__ import annotations
@@ -16,26 +20,10 @@ from safetensors.torch import load_model, save_model
 from ..files import write_atomically, write_text_atomically
 from .dual_encoder import DualEncoder, StudentConfig
 from .small_towers import SmallTowers
-from .tokenizer import WordTokenizer, build_vocab
+from .tokenizer import HFTokenizer, TEXT_MAX_LENGTH, WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-TEXT_MAX_LENGTH = 40  # the teachers' text length (docs/design.md section 5.1)
-
-
-class HFTokenizer:
-    """A Hugging Face tokenizer called the way the students call theirs: texts in, (ids, mask) out."""
-
-    def __init__(self, tokenizer, max_length: int = TEXT_MAX_LENGTH):
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, texts: list[str]):
-        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
-    def save(self, out_dir: str) -> None:
-        self.tokenizer.save_pretrained(out_dir)
 
 
 def build_small_student(captions: Optional[Sequence[str]] = None, vocab: Optional[list[str]] = None,
@@ -148,6 +136,12 @@ BUILDERS = {"small": lambda cfg, folder: small_from_config(cfg), "vilt": vilt_fr
 
 
 def save_student(model: DualEncoder, out_dir: str) -> None:
+    if model.config.kind in ("clip", "siglip"):
+        from .hf_dual import save_hf_student
+        return save_hf_student(model, out_dir)
+    if model.config.kind == "open_clip":
+        from .open_clip_student import save_open_clip_student
+        return save_open_clip_student(model, out_dir)
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomically(os.path.join(out_dir, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=1))
     write_atomically(os.path.join(out_dir, WEIGHTS_FILE), lambda temp: save_model(model, temp))
@@ -155,7 +149,43 @@ def save_student(model: DualEncoder, out_dir: str) -> None:
         model.tokenizer.save(out_dir)
 
 
+def student_folder_kind(path: str) -> Optional[str]:
+    """What kind of student folder ``path`` is: ``"saved"`` (config.json of a :class:`StudentConfig` and
+    model.safetensors), ``"clip"`` / ``"siglip"`` (a transformers folder of that ``model_type``),
+    ``"open_clip"`` (an open_clip local-dir folder), or None."""
+    from ..hf_folders import folder_model_type
+    from .hf_dual import HF_KINDS
+    from .open_clip_student import is_open_clip_folder
+
+    if not os.path.isdir(path):
+        return None
+    model_type = folder_model_type(path)
+    if model_type in HF_KINDS:
+        return model_type
+    if is_open_clip_folder(path):
+        return "open_clip"
+    if model_type is None and os.path.isfile(os.path.join(path, CONFIG_FILE)) \
+            and os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+        return "saved"
+    return None
+
+
 def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder:
+    """A saved student folder, or a pretrained dual encoder to start from: a transformers CLIP / SigLIP
+    folder or an open_clip local-dir folder (see :func:`student_folder_kind`)."""
+    kind = student_folder_kind(folder)
+    if kind in ("clip", "siglip"):
+        from .hf_dual import load_hf_student
+        return load_hf_student(folder, device)
+    if kind == "open_clip":
+        from .open_clip_student import load_open_clip_folder
+        return load_open_clip_folder(folder, device)
+    if os.path.isdir(folder) and kind is None:
+        from ..hf_folders import folder_model_type
+        model_type = folder_model_type(folder)
+        if model_type is not None:
+            raise ValueError(f"student: {folder} holds a transformers {model_type!r} model; a student folder is "
+                             "a saved student, a CLIP or SigLIP folder, or an open_clip local-dir folder")
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"student: no {CONFIG_FILE} in {folder} (not a saved student folder)")
@@ -169,4 +199,5 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
 
 
 def is_student_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
+    """A folder :func:`load_student` reads: a saved student or a pretrained CLIP / SigLIP / open_clip folder."""
+    return student_folder_kind(path) is not None

@@ -1,4 +1,5 @@
-"""Word-level tokenizer of the small student: lower-cased words, a [CLS] first, padded to a fixed length."""
+"""Student tokenizers: the small student's word-level one (lower-cased words, a [CLS] first, padded to a fixed
+length) and :class:`HFTokenizer`, a Hugging Face tokenizer called the same way."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
+TEXT_MAX_LENGTH = 40  # the teachers' text length (docs/design.md section 5.1)
 WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -48,3 +50,20 @@ class WordTokenizer:
             ids[n, : len(r)] = torch.tensor(r)
             mask[n, : len(r)] = 1
         return ids, mask
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer called the way the students call theirs: texts in, (ids, mask) out.
+
+    ``padding``: ``"longest"`` (the batch's longest text) or ``"max_length"`` (always ``max_length``)."""
+
+    def __init__(self, tokenizer, max_length: int = TEXT_MAX_LENGTH, padding: str = "longest"):
+        self.tokenizer, self.max_length, self.padding = tokenizer, max_length, padding
+
+    def __call__(self, texts: list[str]):
+        enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+                             return_attention_mask=True, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def save(self, out_dir: str) -> None:
+        self.tokenizer.save_pretrained(out_dir)

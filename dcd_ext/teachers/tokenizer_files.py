@@ -1,7 +1,10 @@
 """Local tokenizer directories: loading them with clear errors, and writing tiny ones for tests/demos.
 
-ViLT uses BERT's uncased WordPiece tokenizer (``vocab.txt``), METER RoBERTa's byte-level BPE
-(``vocab.json`` + ``merges.txt``); either may instead come as a ``tokenizer.json``.
+ViLT and BLIP use BERT's uncased WordPiece tokenizer (``vocab.txt``), METER RoBERTa's byte-level BPE
+(``vocab.json`` + ``merges.txt``); either may instead come as a ``tokenizer.json``. The tiny CLIP and
+SigLIP folders of the tests use :func:`clip_bpe_tokenizer` (CLIP's lower-cased byte-level BPE with
+``</w>`` word ends) and :func:`gemma_char_tokenizer` (the Gemma BPE with byte fallback that SigLIP 2
+folders ship as ``tokenizer.json``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ __all__ = [
     "load_roberta_tokenizer",
     "write_wordpiece_vocab",
     "write_byte_bpe_vocab",
+    "clip_bpe_tokenizer",
+    "gemma_char_tokenizer",
 ]
 
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -96,3 +101,60 @@ def write_byte_bpe_vocab(out_dir: str | Path, words: Iterable[str]) -> tuple[Pat
     )
     bpe.save_model(str(out_dir))
     return out_dir / "vocab.json", out_dir / "merges.txt"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte -> printable symbol table (printable Latin-1 bytes map to themselves)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _clip_bpe(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-style BPE tables: the 256 byte symbols alone and as word ends (``x</w>``), then one merge per
+    step that spells each given word left to right, so that every word is one token."""
+    byte_symbol = _bytes_to_unicode()
+    symbols = list(byte_symbol.values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges: list[tuple[str, str]] = []
+    for word in _words(words):
+        parts = [byte_symbol[b] for b in word.encode("utf-8")]
+        parts[-1] += "</w>"
+        while len(parts) > 1:
+            merge = (parts[0], parts[1])
+            if merge not in merges:
+                merges.append(merge)
+            parts = [parts[0] + parts[1]] + parts[2:]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    return vocab, merges
+
+
+def clip_bpe_tokenizer(words: Iterable[str]):
+    """A ``transformers.CLIPTokenizer`` over a tiny BPE vocabulary: every given word is one token, any
+    other text falls back to byte symbols (no unknown tokens). ``save_pretrained`` writes what CLIP
+    folders ship (``vocab.json``, ``merges.txt``, ``tokenizer.json``, ``tokenizer_config.json``)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_bpe(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def gemma_char_tokenizer(extra_chars: str = "", model_max_length: int = 64):
+    """A ``transformers.GemmaTokenizer`` (the tokenizer of SigLIP 2 folders) whose vocabulary is the
+    specials, the 256 byte-fallback tokens and single characters: every character is one token, padding
+    on the right (as SigLIP needs: it pools the last position)."""
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = [chr(c) for c in range(33, 127)] + ["\u2581"] + list(extra_chars)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + [f"<0x{b:02X}>" for b in range(256)] + chars))}
+    return GemmaTokenizer(vocab=vocab, merges=[], padding_side="right", model_max_length=model_max_length)

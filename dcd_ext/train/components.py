@@ -18,6 +18,8 @@ from ..students.small_towers import default_channels
 from .loop import TrainSettings
 from .run_dir import get_logger
 
+OPEN_CLIP_PREFIX = "open_clip:"
+
 
 def optional_split(data: str, images: Optional[str], split: str, max_captions: int) -> Optional[RetrievalSet]:
     """A validation split if the data has one; None (logged) if not."""
@@ -46,6 +48,12 @@ def load_data_from_args(args: argparse.Namespace) -> tuple[RetrievalSet, Optiona
 
 def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> DualEncoder:
     spec = args.student
+    weights = getattr(args, "student_weights", None)
+    if spec.startswith(OPEN_CLIP_PREFIX):
+        from ..students.open_clip_student import build_open_clip_student
+        return build_open_clip_student(spec[len(OPEN_CLIP_PREFIX):], weights).train()
+    if weights:
+        raise ValueError(f"student: --student-weights goes with --student {OPEN_CLIP_PREFIX}ARCH; got --student {spec}")
     if spec == "small":
         return build_small_student(train.captions, embed_dim=args.embed_dim, image_size=args.image_size,
                                    image_channels=default_channels(args.image_size), width=args.student_width,
@@ -54,13 +62,17 @@ def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> Du
         kind = teacher_kind(args.teacher, args.teacher_kind)
         if kind == "vilt":
             return build_vilt_student(args.teacher, embed_dim=args.embed_dim)
+        if kind != "meter":
+            raise ValueError(f"student: --student teacher takes towers from a ViLT or METER teacher, not {kind}; "
+                             "start from a pretrained dual encoder instead (a CLIP or SigLIP folder, open_clip:ARCH)")
         if os.path.isdir(args.teacher):
             raise ValueError("student: --student teacher needs the METER checkpoint file as --teacher")
         tokenizer = args.teacher_tokenizer or os.path.dirname(os.path.abspath(args.teacher))
         return build_meter_student(args.teacher, tokenizer, embed_dim=args.embed_dim)
     if os.path.isdir(spec) and is_student_folder(spec):
         return load_student(spec).train()
-    raise ValueError(f"student: expected 'small', 'teacher' or a saved student folder; got {spec!r}")
+    raise ValueError(f"student: expected 'small', 'teacher', a saved student folder, a CLIP or SigLIP folder or "
+                     f"{OPEN_CLIP_PREFIX}ARCH; got {spec!r}")
 
 
 def make_loss(args: argparse.Namespace, teacher, rank: int = 0) -> torch.nn.Module:

@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_arguments(model)
     model.add_argument("--student", default=None,
                        help="student: 'small' (configurable towers), 'teacher' (towers initialised from the "
-                            "teacher's weights), or a saved student folder (default: small)")
+                            "teacher's weights), a saved student folder, a transformers CLIP or SigLIP folder, "
+                            "or open_clip:ARCH with --student-weights (default: small; docs/own_models.md)")
+    model.add_argument("--student-weights", metavar="FILE",
+                       help="--student open_clip:ARCH: the model's local checkpoint file")
     model.add_argument("--embed-dim", type=positive_int, help="joint embedding size D "
                        f"(default {RUN_DEFAULTS['embed_dim']})")
     model.add_argument("--image-size", type=positive_int,
