@@ -106,7 +106,7 @@ def test_table_image_root_keys_and_errors(tmp_path):
     path.write_text("file,text,split\na.png,a red circle,train\nb.png,  ,train\n")
     with pytest.raises(ValueError, match=r"found no image column .*columns are \['file', 'text', 'split'\]"):
         load_pairs_file(str(path))
-    with pytest.raises(ValueError, match="row 2 has an empty 'text'"):
+    with pytest.raises(ValueError, match=r"t\.csv:3: empty 'text'"):  # the file's line, not the row's index
         load_pairs_file(str(path), image_key="file")
     path.write_text("file,text\na.png,a red circle\na.png,two blue squares\nb.png,one cat\n")
     table = load_pairs_file(str(path), image_root="/data/imgs", image_key="file", caption_key="text")

@@ -2,10 +2,10 @@
 
 from .dual_encoder import DualEncoder, StudentConfig
 from .factory import (build_meter_student, build_small_student, build_vilt_student, is_student_folder,
-                      load_student, save_student)
+                      load_student, save_student, student_fingerprint)
 from .tokenizer import WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 __all__ = ["DualEncoder", "ImageTransform", "StudentConfig", "WordTokenizer", "build_meter_student",
            "build_small_student", "build_vilt_student", "build_vocab", "is_student_folder", "load_student",
-           "save_student"]
+           "save_student", "student_fingerprint"]
