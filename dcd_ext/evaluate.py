@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser, positive_int,
-                  non_negative_int, resolve_device)
+from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser,
+                  non_negative_int, positive_int, resolve_device, run_command_line)
 from .retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
 from .retrieval.metrics import format_table
 
@@ -69,4 +69,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main))

@@ -19,6 +19,7 @@ student's top-k is measured at both sizes directly (random unit vectors as the l
 
 from __future__ import annotations
 
+import sys
 import json
 import platform
 import tempfile
@@ -29,7 +30,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from .cli import make_parser, resolve_device
+from .cli import (make_parser, resolve_device, run_command_line)
 from .files import write_text_atomically
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
@@ -295,4 +296,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command_line(main))
