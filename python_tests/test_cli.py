@@ -226,17 +226,17 @@ def run_command(*argv: str, **env) -> subprocess.CompletedProcess:
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path):
     missing = str(tmp_path / "missing.csv")
-    done = run_command("dcd_ext.evaluate", "--student", str(tmp_path), "--data", missing)
+    done = run_command("dcd_ext.evaluate", "--teacher", str(tmp_path), "--data", missing)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"error: pairs file not found: {missing}"]
     assert done.stdout == ""
     done = run_command("dcd_ext.search", "--index", str(tmp_path / "x.idx"), "--text", "")
     assert done.returncode == 2 and done.stderr == "error: queries: --text number 1 is empty\n"
-    done = run_command("dcd_ext.evaluate", "--student", str(tmp_path), "--data", missing, DCD_TRACEBACK="1")
+    done = run_command("dcd_ext.evaluate", "--teacher", str(tmp_path), "--data", missing, DCD_TRACEBACK="1")
     assert done.returncode == 1 and "Traceback" in done.stderr and "FileNotFoundError" in done.stderr
     from dcd_ext.evaluate import main as evaluate_main
     with pytest.raises(FileNotFoundError, match="pairs file not found"):
-        evaluate_main(["--student", str(tmp_path), "--data", missing])
+        evaluate_main(["--teacher", str(tmp_path), "--data", missing])
 
 
 def test_error_line_of_a_data_loader_worker_error():
