@@ -179,12 +179,63 @@ def first_row_of_id(ids: Tensor) -> Tensor:
     return first.scatter_reduce(0, inverse, rows, reduce="amin")[inverse]
 
 
+def check_batch(img: Tensor, txt: Tensor, image_ids: Tensor, images, texts) -> None:
+    """ValueError / TypeError naming the caller's argument when the batch's parts do not describe the same rows."""
+    for name, t in (("img", img), ("txt", txt)):
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.dim() != 2:
+            what = f"a {t.dtype} tensor of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            raise TypeError(f"{name}: expected a floating [B, D] tensor of embeddings; got {what}")
+    if img.shape != txt.shape:
+        raise ValueError(f"img and txt: row i of each is a positive pair, so their shapes must be equal; got "
+                         f"{tuple(img.shape)} and {tuple(txt.shape)}")
+    b = img.shape[0]
+    if not torch.is_tensor(image_ids) or image_ids.dtype != torch.int64 or image_ids.shape != (b,):
+        what = (f"{image_ids.dtype} of shape {tuple(image_ids.shape)}" if torch.is_tensor(image_ids)
+                else type(image_ids).__name__)
+        raise ValueError(f"image_ids: expected an int64 tensor [{b}] (one image id per row); got {what}")
+    for name, items in (("images", images), ("texts", texts)):
+        if items is None or isinstance(items, str) or not hasattr(items, "__len__"):
+            raise TypeError(f"{name}: expected a list of the batch's {b} raw {name} (one per row, what the teacher "
+                            f"reads); got {type(items).__name__}")
+        if len(items) != b:
+            raise ValueError(f"{name}: expected {b} {name} (one per row of img/txt); got {len(items)}")
+
+
 class DCDLoss(StudentLoss):
+    """Dynamic contrastive distillation: ``loss_fn(img, txt, logit_scale, image_ids, images, texts)``.
+
+    Call arguments (one row per (image, caption) pair of the batch, B >= 2 rows):
+
+    - ``img`` [B, D], ``txt`` [B, D]: the student's L2-normalised image and caption embeddings; row i of each
+      is a positive pair (the same image may fill several rows, once per caption). Floating point, one device.
+    - ``logit_scale``: the student's scale σ, a one-element tensor (it receives a gradient).
+    - ``image_ids`` [B] int64: rows with equal ids show the same image, so their captions are never each
+      other's negatives (in the contrastive denominators and in mining).
+    - ``images``: B PIL images, row i's image, and ``texts``: B strings, row i's caption: what the teacher
+      reads. All three lists describe the same rows as ``img``/``txt``.
+
+    The teacher is any object with ``score_pairs(images, texts, pairs) -> Tensor[P]``: ``pairs`` [P, 2] int64
+    (image index, text index) into the lists it is given, one float score per pair, higher for a better
+    match (a cross-encoder's logit); no gradient is taken through it. ``dcd_ext.teachers`` (ViLT, METER)
+    implement it.
+
+    Returns :class:`LossOutput` (``loss``, ``con``, ``dist``, ``hard``, the per-anchor weights, and the
+    number of distinct pairs the teacher scored).
+
+    The dynamic weights (``weighting``: ``entropy``, ``wsl``, ``dcd``) are computed from the teacher's and the
+    student's candidate logits but are constants for the gradient (stop-gradient): they scale each anchor's
+    distillation and hard terms and do not themselves get trained towards any value
+    (docs/design.md section 3.3).
+    """
+
     def __init__(self, teacher, k: int = 7, alpha: float = 0.2, temperature: float = 1.0, kind: str = "kl",
                  weighting: str = "dcd", con_weight: float = 1.0, mine_by: str = "student",
                  teacher_pool: int = 32, queue_size: int = 0, seed: int = 0):
         if teacher is None:
             raise ValueError("teacher: DCDLoss needs a teacher with score_pairs(images, texts, pairs)")
+        if not callable(getattr(teacher, "score_pairs", None)):
+            raise TypeError(f"teacher: a {type(teacher).__name__} has no score_pairs(images, texts, pairs) method; "
+                            "DCDLoss needs one (see dcd_ext.teachers)")
         if k < 1:
             raise ValueError(f"k must be at least 1; got {k}")
         if not 0.0 <= alpha <= 1.0:
@@ -211,7 +262,12 @@ class DCDLoss(StudentLoss):
                              pairs[:, 1]], dim=1)
         def score(unique: Tensor) -> Tensor:
             self.teacher_pairs += unique.shape[0]
-            return self.teacher.score_pairs(images, texts, unique.cpu())
+            scores = self.teacher.score_pairs(images, texts, unique.cpu())
+            if not torch.is_tensor(scores) or scores.shape != (unique.shape[0],):
+                got = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
+                raise ValueError(f"teacher: score_pairs returned {got} for {unique.shape[0]} pairs; it must "
+                                 "return a tensor [P] with one score per pair")
+            return scores
 
         return score_unique_pairs(score, pairs)
 
@@ -254,11 +310,16 @@ class DCDLoss(StudentLoss):
         t2i, t2i_t = keep_top(t2i_pool, scores[n:].view_as(t2i_pool))
         return i2t, i2t_t, t2i, t2i_t
 
+    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
+        """The DCD loss of one batch; every argument is required (see the class docstring)."""
+        return super().forward(img, txt, logit_scale, image_ids, images, texts)
+
     def prepare(self, img: Tensor, txt: Tensor, image_ids: Tensor, images, texts) -> Targets:
         """Mining and teacher scores for [B, D] L2-normalised embeddings of row i's image and caption;
         ``images``/``texts`` are the raw batch the teacher reads, ``image_ids`` [B] mark rows of one image."""
+        check_batch(img, txt, image_ids, images, texts)
         if img.shape[0] < 2:
-            raise ValueError(f"img: a DCD step needs a batch of at least 2; got {img.shape[0]}")
+            raise ValueError(f"img: a DCD step needs a batch of at least 2 rows; got {img.shape[0]}")
         start, self.teacher_pairs = time.perf_counter(), 0
         with torch.no_grad():
             a, t = img.detach(), txt.detach()
@@ -280,13 +341,15 @@ class DCDLoss(StudentLoss):
             out = ops().dynamic_contrastive_loss(img, txt, logit_scale, i2t, i2t_t, t2i, t2i_t, image_ids,
                                                  image_ids, self.alpha, self.temperature, self.kind,
                                                  self.weighting, self.con_weight)
-            return LossOutput(*out, teacher_pairs=pairs, teacher_seconds=seconds)
+            # the weights are stop-gradient constants (design section 3.3): hand them out without a graph
+            return LossOutput(*out[:4], *(w.detach() for w in out[4:]), teacher_pairs=pairs, teacher_seconds=seconds)
         con = contrastive_term(img, txt, logit_scale, image_ids, self.queue, world)
         a2b = ops().distill_loss(img, txt, i2t, i2t_t, logit_scale, self.temperature, self.kind, self.weighting)
         b2a = ops().distill_loss(txt, img, t2i, t2i_t, logit_scale, self.temperature, self.kind, self.weighting)
         dist, hard = 0.5 * (a2b[0] + b2a[0]), 0.5 * (a2b[1] + b2a[1])
         loss = self.con_weight * con + self.alpha * dist + (1 - self.alpha) * hard
-        return LossOutput(loss, con, dist, hard, a2b[2], a2b[3], b2a[2], b2a[3], pairs, seconds)
+        return LossOutput(loss, con, dist, hard, a2b[2].detach(), a2b[3].detach(), b2a[2].detach(), b2a[3].detach(),
+                          pairs, seconds)
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {**super().state_tensors(), "generator": self.generator.get_state()}
