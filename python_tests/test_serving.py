@@ -337,3 +337,30 @@ def test_index_and_search_name_an_unreadable_image(gallery, tmp_path):
         bad_query.write_bytes(f.read()[:60])
     with pytest.raises(OSError, match=r"query image, query 1: cannot read image file .*query\.png"):
         search_cli.main(["--index", gallery["text_index"], "--image", str(bad_query)])
+
+
+# ---- speed times the user's own student and teacher on their own gallery (item 10) -------------------------
+
+def test_speed_times_your_own_student_and_teacher_on_your_gallery(gallery, tmp_path, capsys):
+    from dcd_ext.teachers.vilt import build_tiny_vilt
+    teacher_dir = build_tiny_vilt(tmp_path / "vilt", vocabulary(), image_size=32, patch_size=16, hidden=32,
+                                  layers=1, heads=2, seed=1)
+    out = tmp_path / "speed.json"
+    folder = os.path.dirname(gallery["paths"][0])
+    assert speed_cli.main(["--student", gallery["student_dir"], "--teacher", str(teacher_dir), "--images", folder,
+                           "--gallery-measured", "3", "--queries", "1", "--k", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["teacher"] for r in report["results"]] == ["vilt"]  # only yours: no random full-size models
+    mine = report["results"][0]
+    assert mine["student_path"] == os.path.abspath(gallery["student_dir"])
+    assert mine["teacher_path"] == os.path.abspath(teacher_dir)
+    assert report["gallery_images"] == os.path.abspath(folder)
+    assert report["gallery"] == NUM_IMAGES and report["gallery_measured"] == 3  # G: the folder's images
+    measured, large = mine["rows"]
+    assert measured["gallery"] == 3 and large["gallery"] == NUM_IMAGES
+    assert large["teacher_all_pairs_ms_per_query"] == pytest.approx(
+        mine["measured"]["teacher"]["text_encode_ms_per_query"]
+        + NUM_IMAGES * mine["measured"]["teacher"]["joint_ms_per_pair"])
+    assert f"your vilt teacher {teacher_dir} + student {gallery['student_dir']}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--student and --teacher go together"):
+        speed_cli.main(["--student", gallery["student_dir"]])
