@@ -184,6 +184,10 @@ def run_command_line(main: Callable[[Optional[Sequence[str]]], int], argv: Optio
     ``main`` called from Python raises as usual."""
     try:
         return main(argv)
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of the command
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except USER_ERRORS as e:
         if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             raise

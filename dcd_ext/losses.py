@@ -234,7 +234,7 @@ class DCDLoss(StudentLoss):
         if teacher is None:
             raise ValueError("teacher: DCDLoss needs a teacher with score_pairs(images, texts, pairs)")
         if not callable(getattr(teacher, "score_pairs", None)):
-            raise TypeError(f"teacher: a {type(teacher).__name__} has no score_pairs(images, texts, pairs) method; "
+            raise TypeError(f"teacher: {type(teacher).__name__} object has no score_pairs(images, texts, pairs) method; "
                             "DCDLoss needs one (see dcd_ext.teachers)")
         if k < 1:
             raise ValueError(f"k must be at least 1; got {k}")

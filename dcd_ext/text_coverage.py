@@ -50,8 +50,9 @@ class Coverage:
         scope = f"{self.texts:,} {what}" + (f" (a sample of {self.sampled_from:,})" if self.sampled_from else "")
         parts = [f"{self.who}: in {scope}, {self.unknown:,} of {self.total:,} {self.unit} "
                  f"({100 * self.unknown_share:.1f}%) map to the unknown token {self.unknown_token}"
-                 + (f" in {self.texts_with_unknown:,} {what}" if self.unknown else "")
-                 + (f" (e.g. {', '.join(repr(w) for w in self.examples)})" if self.examples else ""),
+                 + (f" (in {self.texts_with_unknown:,} of them" if self.unknown else "")
+                 + (f"; e.g. {', '.join(repr(w) for w in self.examples)}" if self.examples else "")
+                 + (")" if self.unknown else ""),
                  f"{self.truncated:,} {what} ({100 * self.truncated_share:.1f}%) are longer than its "
                  f"{self.max_length} tokens and are truncated"]
         return "; ".join(parts)

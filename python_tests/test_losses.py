@@ -206,7 +206,7 @@ def test_dcd_loss_contract_required_arguments_and_errors_naming_the_callers_argu
         loss_fn(img, txt[:9], scale, IDS, rows, texts)
     with pytest.raises(TypeError, match="img: expected a floating"):
         loss_fn(img.long(), txt, scale, IDS, rows, texts)
-    with pytest.raises(TypeError, match="teacher: a object has no score_pairs"):
+    with pytest.raises(TypeError, match="teacher: object object has no score_pairs"):
         DCDLoss(object())
 
     class WrongShape(FakeTeacher):
