@@ -297,6 +297,10 @@ def test_early_stop_needs_a_validation_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(flags(table, tmp_path / "run", "--early-stop", "2", "--val-split", "none"))
     assert "--early-stop needs a validation split" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--early-stop 2 needs a validation split, and .*pairs\.jsonl has no 'val' "
+                                         r"split"):  # rather than never stopping, silently
+        main(flags(table, tmp_path / "run", "--early-stop", "2"))
+    assert not (tmp_path / "run").exists()
 
 
 # ---- item 9: what the package writes follows the umask (and stays atomic) ---------------------------------

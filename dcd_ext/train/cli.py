@@ -52,6 +52,9 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
     train, val, test = load_data_from_args(args)
     (train, val, test), skipped = screen_images([train, val, test], args.skip_bad_images,
                                                 progress=not args.no_progress and world.is_main)
+    if args.early_stop and val is None:
+        raise ValueError(f"early_stop: --early-stop {args.early_stop} needs a validation split, and {args.data} has "
+                         f"no {args.val_split!r} split (pass --val-split with one it has)")
     log.info(f"data: train {train.name} {train.num_images} images / {train.num_captions} captions; "
              f"eval {test.name} {test.num_images} / {test.num_captions}"
              + (f"; val {val.name} {val.num_images}" if val else ""))

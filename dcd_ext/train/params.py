@@ -237,10 +237,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume:
-        return resumed_args(parser, argv, args.resume)
-    args.resume_checkpoint, args.resumed_overrides = None, {}
-    args.demo = args.data is None and args.teacher is None and args.student is None
-    if not args.demo:
+        args = resumed_args(parser, argv, args.resume)
+    else:
+        args.resume_checkpoint, args.resumed_overrides = None, {}
+        args.demo = args.data is None and args.teacher is None and args.student is None
+    if not args.demo and not args.resume:
         if args.data is None:
             parser.error("--data is required unless running the built-in demo (no --data, --teacher, --student)")
         if args.loss == "dcd" and args.teacher is None:
