@@ -44,7 +44,7 @@ def rows(n: int, d: int, seed: int, dtype) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--n", type=int, default=65536)
     p.add_argument("--d", type=int, default=256)
     p.add_argument("--k", type=int, default=16)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -108,18 +110,16 @@ def add_teacher_arguments(parser, required: bool = False, purpose: str = "teache
 
 
 HF_TEACHER_TYPES = {"vilt": "vilt", "blip": "blip"}  # config.json model_type -> teacher kind
+TEACHER_CONTENTS = ("a teacher is a ViLT or BLIP Hugging Face folder (config.json, model.safetensors or "
+                    "pytorch_model.bin, tokenizer files, preprocessor_config.json) or a METER checkpoint (a .ckpt "
+                    "file, or a folder holding one, with --teacher-tokenizer naming its RoBERTa tokenizer folder)")
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# zip (torch.save) and pickle protocol 2+ (older torch.save / Lightning) files
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-def teacher_kind(path: str, kind: str = "auto") -> str:
-    """auto: a Hugging Face folder is the kind its config.json's ``model_type`` names (vilt, blip; a
-    config.json without one is read as ViLT, as before); a checkpoint file or a folder of one is METER."""
-    if kind != "auto":
-        return kind
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"teacher: not found: {path}")
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return "meter"
+def hf_teacher_kind(config: str) -> str:
+    """The teacher kind a Hugging Face folder's config.json names (no model_type: ViLT, as before)."""
     try:
         with open(config, encoding="utf-8") as f:
             doc = json.load(f)
@@ -132,6 +132,34 @@ def teacher_kind(path: str, kind: str = "auto") -> str:
         raise ValueError(f"teacher: {config} has model_type {model_type!r}; a teacher folder is ViLT or BLIP "
                          f"({', '.join(HF_TEACHER_TYPES)}), or pass a METER checkpoint")
     return HF_TEACHER_TYPES[model_type]
+
+
+def teacher_kind(path: str, kind: str = "auto") -> str:
+    """auto: a Hugging Face folder is the kind its config.json's ``model_type`` names (vilt, blip); a
+    checkpoint file or a folder holding one is METER. Anything else (an empty folder, a data table) is
+    refused with what a teacher must contain."""
+    if kind != "auto":
+        return kind
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher: not found: {path}")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return hf_teacher_kind(os.path.join(path, "config.json"))
+        names = sorted(os.listdir(path))
+        if any(n.endswith(".ckpt") for n in names):
+            return "meter"
+        held = "it is empty" if not names else "it holds " + ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        raise ValueError(f"teacher: {path} is a folder with neither config.json nor a .ckpt file ({held}); "
+                         + TEACHER_CONTENTS)
+    if path.lower().endswith(CHECKPOINT_SUFFIXES):
+        return "meter"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(CHECKPOINT_MAGIC):
+        return "meter"
+    what = f"a {os.path.splitext(path)[1]} file" if os.path.splitext(path)[1] else "a file"
+    raise ValueError(f"teacher: {path} is {what} that is not a checkpoint (neither a zip nor a pickle); "
+                     + TEACHER_CONTENTS + "; pass --teacher-kind to force one")
 
 
 def load_teacher_from_args(args: argparse.Namespace, device: torch.device, **options):
@@ -150,3 +178,39 @@ def add_precision_argument(parser, choices=("fp32", "bf16", "fp16"), what: str =
                         help=f"{what} precision (autocast; weights stay float32)"
                              + ("; fp16 needs CUDA" if "fp16" in choices else ""))
     add_hidden_alias(parser, "--bf16", "precision", action="store_const", const="bf16")
+
+
+# what a command reports as one line ``error: ...`` rather than a traceback: bad arguments, files that are
+# missing or unreadable, a diverged loss. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+TRACEBACK_VARIABLE = "DCD_TRACEBACK"
+
+
+def error_line(error: BaseException) -> str:
+    """The one line that describes ``error``. A DataLoader worker's error arrives as "Caught X in DataLoader
+    worker ...\nOriginal Traceback ..." whose last line is the original message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    return " ".join(lines)
+
+
+def run_command_line(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """The console entry of a command: runs ``main(argv)``; a user error (see :data:`USER_ERRORS`) is printed
+    as one line ``error: <message>`` on stderr with exit status 2 (set DCD_TRACEBACK=1 for the traceback).
+    ``main`` called from Python raises as usual."""
+    try:
+        return main(argv)
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of the command
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except USER_ERRORS as e:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
+        notes = " ".join(getattr(e, "__notes__", ()))
+        print(f"error: {error_line(e)}" + (f" ({notes})" if notes else ""), file=sys.stderr)
+        return 2

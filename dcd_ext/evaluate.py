@@ -2,6 +2,7 @@
 the teacher re-ranking its top candidates) and of the teacher, on one split.
 
     python -m dcd_ext.evaluate --student RUN/student_dcd --data dataset_coco.json --images ROOT
+    python -m dcd_ext.evaluate --student RUN --data dataset_coco.json --images ROOT   # the run's best student
 
 The measurements themselves live in :mod:`dcd_ext.retrieval.evaluation`.
 """
@@ -9,11 +10,12 @@ The measurements themselves live in :mod:`dcd_ext.retrieval.evaluation`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser, positive_int,
-                  non_negative_int, resolve_device)
+from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser,
+                  non_negative_int, positive_int, resolve_device, run_command_line)
 from .retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
 from .retrieval.metrics import format_table
 
@@ -22,7 +24,12 @@ __all__ = ["evaluate_student", "evaluate_student_and_rerank", "evaluate_teacher"
 
 def build_parser():
     p = make_parser("python -m dcd_ext.evaluate", __doc__.split("\n\n")[0])
-    p.add_argument("--student", help="saved student folder (a run's student_* folder)")
+    p.add_argument("--student", help="a saved student folder (a run's student_* folder), or a run folder: its "
+                                     "validation-best student if it kept one, else its final student (see --pick)")
+    p.add_argument("--pick", choices=("best", "last"),
+                   help="which student of a run: best (RUN/student_<loss>_best, the best validation RSUM) or last "
+                        "(the final one); default: best when the run kept one. With a student folder, best takes "
+                        "its <folder>_best sibling")
     add_teacher_arguments(p)
     p.add_argument("--data", required=True, help="Karpathy split JSON or .csv/.tsv/.jsonl pair table")
     p.add_argument("--images", help="image root folder")
@@ -37,26 +44,81 @@ def build_parser():
     return p
 
 
+def best_note(folder: str) -> str:
+    path = os.path.join(folder, "validation.json")
+    if not os.path.isfile(path):
+        return "validation-best"
+    with open(path) as f:
+        info = json.load(f)
+    return f"validation-best: epoch {info['epoch']}, RSUM {info['rsum']:.1f}"
+
+
+def pick_student(path: str, pick: Optional[str]) -> tuple[str, str]:
+    """(student folder, what it is) for --student PATH [--pick best|last]: a student folder, or a run folder's
+    validation-best (``student_<loss>_best``) or final student."""
+    from .students import is_student_folder
+
+    path = os.path.normpath(path)
+    if is_student_folder(path):
+        if pick != "best":
+            return path, "the given folder"
+        best = path + "_best"
+        if not is_student_folder(best):
+            raise FileNotFoundError(f"student: --pick best: no validation-best student {best} next to {path} "
+                                    "(the run had no validation split)")
+        return best, best_note(best)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"student: no such student or run folder: {path}")
+    finals = sorted(n for n in os.listdir(path) if n.startswith("student_") and not n.endswith("_best")
+                    and is_student_folder(os.path.join(path, n)))
+    if not finals:
+        raise FileNotFoundError(f"student: {path} is neither a student folder (config.json + model.safetensors) nor "
+                                "a run folder holding a finished student_* folder")
+    if len(finals) > 1:
+        raise ValueError(f"student: the run {path} holds {len(finals)} students ({', '.join(finals)}); pass one of "
+                         "them (with --pick best for its validation-best)")
+    final = os.path.join(path, finals[0])
+    best = final + "_best"
+    if pick == "last" or (pick is None and not is_student_folder(best)):
+        return final, "the final one"
+    if not is_student_folder(best):
+        raise FileNotFoundError(f"student: --pick best: the run {path} kept no validation-best student "
+                                "(it had no validation split)")
+    return best, best_note(best)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data import load_split
     from .files import write_text_atomically
     from .students import load_student
+    from .text_coverage import coverage_warnings
 
     args = build_parser().parse_args(argv)
     if args.student is None and args.teacher is None:
         build_parser().error("give --student, --teacher or both")
+    if args.pick and not args.student:
+        build_parser().error("--pick needs --student")
+    student_dir = None
+    if args.student:
+        student_dir, what = pick_student(args.student, args.pick)
+        print(f"student: {student_dir} ({what})")
     device = resolve_device(args.device)
     split = load_split(args.data, args.images, args.split, args.max_captions, all_rows_without_split_column=True)
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     results: dict[str, dict] = {}
-    if args.student:
-        student = load_student(args.student, device)
+    if student_dir:
+        student = load_student(student_dir, device)
+        for message in coverage_warnings(split.captions, student, teacher):
+            print(f"warning: {message}", file=sys.stderr)
         if teacher is None:
             results["student"] = evaluate_student(student, split, args.batch_size, device)
         else:
             results["student"], results["student_rerank"] = evaluate_student_and_rerank(
                 student, teacher, split, args.rerank_k, args.batch_size, device)
     if teacher is not None:
+        if not student_dir:
+            for message in coverage_warnings(split.captions, None, teacher):
+                print(f"warning: {message}", file=sys.stderr)
         results["teacher"], estimated = evaluate_teacher(teacher, split, args.teacher_eval_max_pairs)
         if estimated:
             print(f"teacher: {split.num_images} x {split.num_captions} pairs exceed --teacher-eval-max-pairs; "
@@ -69,4 +131,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main))

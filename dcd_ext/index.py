@@ -8,11 +8,12 @@ The file format is described in ``dcd_ext/serving/index_file.py`` and docs/servi
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 import torch
 
-from .cli import add_device_argument, make_parser, non_negative_int, positive_int, resolve_device
+from .cli import add_device_argument, make_parser, non_negative_int, positive_int, resolve_device, run_command_line
 from .serving.gallery import build_index, gallery_items
 from .serving.index_file import export_faiss, save_index
 
@@ -40,16 +41,23 @@ def build_parser():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    names, sources = gallery_items(args.data, args.images, args.split, args.modality)
+    names, sources, origins = gallery_items(args.data, args.images, args.split, args.modality)
+    if args.modality == "text":
+        from .students import load_student
+        from .text_coverage import coverage_warnings
+
+        for message in coverage_warnings(sources, load_student(args.student)):
+            print(f"warning: {message}", file=sys.stderr)
     index = build_index(args.student, names, sources, args.modality, args.batch_size, resolve_device(args.device),
-                        getattr(torch, args.dtype), args.id_offset, not args.no_progress)
+                        getattr(torch, args.dtype), args.id_offset, not args.no_progress, origins)
     save_index(index, args.out)
     print(f"wrote {args.out}: {len(index)} {args.modality} embeddings of width {index.embed_dim} "
-          f"({args.dtype}), ids {int(index.ids[0])}..{int(index.ids[-1])}")
+          f"({args.dtype}), ids {int(index.ids[0])}..{int(index.ids[-1])}, student {index.student} "
+          f"(fingerprint {index.student_fingerprint[:12]})")
     if args.export_faiss and export_faiss(index, args.export_faiss):
         print(f"wrote {args.export_faiss}: faiss IndexIDMap(IndexFlatIP) with the same ids")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command_line(main))

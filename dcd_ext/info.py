@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -55,10 +54,16 @@ def collect() -> dict:
     return info
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dcd_ext.info", description=__doc__)
+def build_parser():
+    from dcd_ext.cli import make_parser
+
+    parser = make_parser("python -m dcd_ext.info", __doc__.strip())
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))

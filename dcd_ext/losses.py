@@ -250,18 +250,31 @@ def checked_scores(scores, count: int) -> Tensor:
 
 
 class DCDLoss(StudentLoss):
-    """Dynamic contrastive distillation as a loss module (see the module docstring and docs/plugin.md).
+    """Dynamic contrastive distillation: ``loss_fn(img, txt, logit_scale, image_ids, images, texts)``.
 
-    ``teacher``: a :class:`~dcd_ext.teachers.CrossEncoderTeacher` (``load_teacher("blip", folder)`` ...), or any
-    callable ``teacher(images, texts, pairs) -> scores [P]``; it is asked only for the mined pairs, each
-    distinct pair once per step, without gradients.
+    Call arguments (one row per (image, caption) pair of the batch, B >= 2 rows):
 
-    Call ``loss_fn(img_emb, txt_emb, logit_scale, image_ids, images, texts)`` with row i of the batch being
-    the pair (images[i], texts[i]): ``img_emb`` / ``txt_emb`` [B, D] L2-normalised embeddings (B >= 2; gradients
-    flow into them and into ``logit_scale``, the scalar multiplier of the cosine similarities, e.g. CLIP's
-    ``logit_scale.exp()``), ``image_ids`` [B] integers (rows with one id show one image: they are each other's
-    positives, never negatives), ``images`` / ``texts`` the raw batch in whatever form the teacher reads
-    (PIL images and strings for the package's teachers). Returns a :class:`LossOutput`.
+    - ``img`` [B, D], ``txt`` [B, D]: the student's L2-normalised image and caption embeddings; row i of each
+      is a positive pair (the same image may fill several rows, once per caption). Floating point, one device.
+    - ``logit_scale``: the student's scale σ, a one-element tensor (it receives a gradient).
+    - ``image_ids`` [B] int64: rows with equal ids show the same image, so their captions are never each
+      other's negatives (in the contrastive denominators and in mining).
+    - ``images``: B PIL images, row i's image, and ``texts``: B strings, row i's caption: what the teacher
+      reads. All three lists describe the same rows as ``img``/``txt``.
+
+    The teacher is a :class:`~dcd_ext.teachers.CrossEncoderTeacher` (``load_teacher("blip", folder)`` ...) or
+    any object with ``score_pairs(images, texts, pairs)``, or any callable ``teacher(images, texts, pairs)``:
+    ``pairs`` [P, 2] int64 (image index, text index) into the lists it is given, one float score per pair,
+    higher for a better match (a cross-encoder's logit); it is asked only for the mined pairs, each distinct
+    pair once per step, without gradients (see docs/plugin.md).
+
+    Returns :class:`LossOutput` (``loss``, ``con``, ``dist``, ``hard``, the per-anchor weights, and the
+    number of distinct pairs the teacher scored).
+
+    The dynamic weights (``weighting``: ``entropy``, ``wsl``, ``dcd``) are computed from the teacher's and the
+    student's candidate logits but are constants for the gradient (stop-gradient): they scale each anchor's
+    distillation and hard terms and do not themselves get trained towards any value
+    (docs/design.md section 3.3).
     """
 
     def __init__(self, teacher, k: int = 7, alpha: float = 0.2, temperature: float = 1.0, kind: str = "kl",
@@ -337,11 +350,16 @@ class DCDLoss(StudentLoss):
         t2i, t2i_t = keep_top(t2i_pool, scores[n:].view_as(t2i_pool))
         return i2t, i2t_t, t2i, t2i_t
 
+    def forward(self, img: Tensor, txt: Tensor, logit_scale: Tensor, image_ids: Tensor, images, texts) -> LossOutput:
+        """The DCD loss of one batch; every argument is required (see the class docstring)."""
+        return super().forward(img, txt, logit_scale, image_ids, images, texts)
+
     def prepare(self, img: Tensor, txt: Tensor, image_ids: Tensor, images, texts) -> Targets:
         """Mining and teacher scores for [B, D] L2-normalised embeddings of row i's image and caption;
         ``images``/``texts`` are the raw batch the teacher reads, ``image_ids`` [B] mark rows of one image."""
+        check_batch(img, txt, image_ids, images, texts)
         if img.shape[0] < 2:
-            raise ValueError(f"img: a DCD step needs a batch of at least 2; got {img.shape[0]}")
+            raise ValueError(f"img: a DCD step needs a batch of at least 2 rows; got {img.shape[0]}")
         start, self.teacher_pairs = time.perf_counter(), 0
         with torch.no_grad():
             a, t = img.detach(), txt.detach()
@@ -363,13 +381,15 @@ class DCDLoss(StudentLoss):
             out = ops().dynamic_contrastive_loss(img, txt, logit_scale, i2t, i2t_t, t2i, t2i_t, image_ids,
                                                  image_ids, self.alpha, self.temperature, self.kind,
                                                  self.weighting, self.con_weight)
-            return LossOutput(*out, teacher_pairs=pairs, teacher_seconds=seconds)
+            # the weights are stop-gradient constants (design section 3.3): hand them out without a graph
+            return LossOutput(*out[:4], *(w.detach() for w in out[4:]), teacher_pairs=pairs, teacher_seconds=seconds)
         con = contrastive_term(img, txt, logit_scale, image_ids, self.queue, world)
         a2b = ops().distill_loss(img, txt, i2t, i2t_t, logit_scale, self.temperature, self.kind, self.weighting)
         b2a = ops().distill_loss(txt, img, t2i, t2i_t, logit_scale, self.temperature, self.kind, self.weighting)
         dist, hard = 0.5 * (a2b[0] + b2a[0]), 0.5 * (a2b[1] + b2a[1])
         loss = self.con_weight * con + self.alpha * dist + (1 - self.alpha) * hard
-        return LossOutput(loss, con, dist, hard, a2b[2], a2b[3], b2a[2], b2a[3], pairs, seconds)
+        return LossOutput(loss, con, dist, hard, a2b[2].detach(), a2b[3].detach(), b2a[2].detach(), b2a[3].detach(),
+                          pairs, seconds)
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {**super().state_tensors(), "generator": self.generator.get_state()}

@@ -17,18 +17,27 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device,
+                  run_command_line)
 from .files import write_text_atomically
-from .cli import add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device
 from .serving.index_file import load_index
-from .serving.query import check_index_fits, check_student_fits, format_results, read_query_file, search_index
+from .serving.query import (check_index_fits, check_queries, check_student_fits, format_results, read_query_file,
+                            search_index)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def build_parser():
     p = make_parser("python -m dcd_ext.search", __doc__.split("\n\n")[0])
     p.add_argument("--index", required=True, help="index file written by python -m dcd_ext.index")
     p.add_argument("--student", help="student folder (default: the one recorded in the index)")
+    p.add_argument("--allow-student-mismatch", action="store_true",
+                   help="search even if the student is not the one that built the index (its fingerprint of "
+                        "configuration and weights differs); refused otherwise, since the scores would be meaningless")
     p.add_argument("--text", action="append", default=[], help="a text query (repeatable); searches an image index")
-    p.add_argument("--queries", help="a file of text queries, one per line")
+    p.add_argument("--queries", help="a file of text queries, one per line (blank lines are skipped)")
     p.add_argument("--image", action="append", default=[], help="an image file as query (repeatable); "
                                                                  "searches a text index")
     p.add_argument("--k", type=int, default=10, help="results per query")
@@ -43,15 +52,22 @@ def build_parser():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .students import load_student
+    from .text_coverage import coverage_warnings
 
     args = build_parser().parse_args(argv)
+    for n, text in enumerate(args.text, 1):
+        if not text.strip():
+            raise ValueError(f"queries: --text number {n} is empty")
     texts = list(args.text) + (read_query_file(args.queries) if args.queries else [])
     if bool(texts) == bool(args.image):
         raise ValueError("queries: give text queries (--text / --queries) or image queries (--image), not both or neither")
     modality, queries = ("text", texts) if texts else ("image", list(args.image))
+    check_queries(queries, modality)
     for path in queries if modality == "image" else ():
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image: query image not found: {path}")
+    if args.k < 1:
+        raise ValueError(f"k: must be at least 1; got {args.k}")
     if args.rerank_depth is not None and not args.teacher:
         raise ValueError("rerank_depth: --rerank-depth needs --teacher")
     depth = args.k if args.rerank_depth is None else args.rerank_depth
@@ -65,10 +81,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"student: the index {args.index} records no student; give --student")
     device = resolve_device(args.device)
     student = load_student(student_dir, device)
-    check_student_fits(index, args.index, student, student_dir)
+    note = check_student_fits(index, args.index, student, student_dir, args.allow_student_mismatch)
+    if note:
+        warn(note)
+    if args.k > len(index):
+        warn(f"--k {args.k} exceeds the {len(index)} items of the index {args.index}: each query gets at most "
+             f"{len(index)} results")
     teacher = None
     if args.teacher:
         teacher = load_teacher_from_args(args, device)
+        if depth > len(index):
+            warn(f"--rerank-depth {depth} exceeds the {len(index)} items of the index: the teacher re-ranks "
+                 f"at most {len(index)}")
+    if modality == "text":
+        for message in coverage_warnings(queries, student, teacher, what="queries"):
+            warn(message)
     results = search_index(index, student, queries, modality, args.k, teacher, depth if teacher else 0, device)
     if args.json is None:
         print(format_results(queries, results))
@@ -85,4 +112,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main))

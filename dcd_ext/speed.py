@@ -15,11 +15,16 @@ Per query and teacher:
 Full-size teachers take about a second per pair on a CPU, so the teacher is measured on
 ``--gallery-measured`` images and its per-pair cost is extrapolated linearly to ``--gallery``. The
 student's top-k is measured at both sizes directly (random unit vectors as the large gallery).
+
+``--student RUN/student_dcd --teacher TEACHER [--images GALLERY_FOLDER]`` times your own trained student and
+teacher the same way, on your own gallery images (G defaults to the folder's image count).
 """
 
 from __future__ import annotations
 
+import sys
 import json
+import os
 import platform
 import tempfile
 import time
@@ -29,7 +34,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from .cli import add_teacher_arguments, make_parser, resolve_device
+from .cli import (add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device, run_command_line,
+                  teacher_kind)
 from .files import write_text_atomically
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
@@ -93,6 +99,26 @@ def meter_setup(tiny: bool, workdir: str) -> Setup:
 
 
 SETUPS: dict[str, Callable[[bool, str], Setup]] = {"vilt": vilt_setup, "meter": meter_setup}
+
+
+def user_setup(args, device: torch.device) -> Setup:
+    """The user's saved student and teacher (--student, --teacher and its flags)."""
+    from .students import load_student
+
+    kind = teacher_kind(args.teacher, args.teacher_kind)
+    teacher = load_teacher_from_args(args, device)
+    student = load_student(args.student, device).eval()
+    return Setup(kind, f"your {kind} teacher {args.teacher} + {student.config.kind} student {args.student}", teacher,
+                 student, (480, 640))
+
+
+def user_gallery(folder: str, count: int) -> tuple[list[Image.Image], int]:
+    """The first ``count`` images of a gallery folder (sorted by path) and the folder's image count."""
+    from .data.images import open_image
+    from .serving.gallery import images_in_folder
+
+    names, paths = images_in_folder(folder)
+    return [open_image(p, f"gallery image {n}") for n, p in zip(names[:count], paths[:count])], len(paths)
 
 
 def timed_ms(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
@@ -176,10 +202,12 @@ def measure_rerank(teacher, images, queries, top: torch.Tensor, device) -> float
 
 
 def report_one(setup: Setup, gallery_measured: int, gallery: int, num_queries: int, k: int,
-               amortise_over: int, device: torch.device) -> dict:
+               amortise_over: int, device: torch.device, images: Optional[list[Image.Image]] = None) -> dict:
+    """``images``: the gallery images to time on (default: ``gallery_measured`` random photos)."""
     setup.teacher.to(device)
     setup.student.to(device)
-    images = gallery_photos(gallery_measured, setup.image_hw)
+    images = images if images is not None else gallery_photos(gallery_measured, setup.image_hw)
+    gallery_measured = len(images)
     queries = query_texts(num_queries)
     teacher = measure_teacher(setup.teacher, images, queries, device)
     student, top = measure_student(setup.student, images, queries, gallery, min(k, gallery_measured), device)
@@ -242,9 +270,15 @@ def markdown(report: dict) -> str:
 
 def build_parser():
     p = make_parser("python -m dcd_ext.speed", __doc__.split("\n\n")[0])
-    p.add_argument("--teachers", default="vilt,meter", help="comma-separated teachers to report: vilt, meter")
+    p.add_argument("--teachers", help="comma-separated randomly initialised full-size (or --tiny) teachers to report: "
+                                      "vilt, meter (default: both, or none when --student/--teacher are given)")
+    p.add_argument("--student", help="your saved student folder, timed against --teacher (both needed)")
+    add_teacher_arguments(p, purpose="your teacher, timed against --student")
+    p.add_argument("--images", help="your gallery: a folder of images (its first --gallery-measured are timed; "
+                                    "default: random 480 x 640 photos)")
     p.add_argument("--gallery-measured", type=int, default=8, help="gallery images the teacher is actually timed on")
-    p.add_argument("--gallery", type=int, default=5000, help="gallery size the report extrapolates to")
+    p.add_argument("--gallery", type=int,
+                   help="gallery size the report extrapolates to (default: the --images folder's count, else 5000)")
     p.add_argument("--queries", type=int, default=2, help="text queries timed")
     p.add_argument("--k", type=int, default=10, help="student candidates the teacher re-ranks per query")
     p.add_argument("--amortise-over", type=int, default=25000,
@@ -254,45 +288,52 @@ def build_parser():
                    help="CPU threads for torch (0: torch's default). On a shared machine 1 avoids thread wake-up "
                         "stalls that inflate small operations like a batch-1 query")
     p.add_argument("--tiny", action="store_true", help="tiny random configurations (seconds; for tests)")
-    p.add_argument("--student", help="measure this student folder (saved, CLIP/SigLIP, open_clip) with --teacher "
-                                     "instead of the built-in random setups (docs/own_models.md)")
-    add_teacher_arguments(p, purpose="with --student, the teacher", batch_size=False)
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.student is None) != (args.teacher is None):
-        raise ValueError("student: --student and --teacher go together (or give neither for the built-in setups)")
-    kinds = ["custom"] if args.student else [t.strip() for t in args.teachers.split(",") if t.strip()]
-    unknown = [t for t in kinds if t not in SETUPS and not args.student]
-    if unknown or not kinds:
-        raise ValueError(f"teachers: expected a comma-separated subset of {list(SETUPS)}; got {args.teachers!r}")
+    if bool(args.student) != bool(args.teacher):
+        raise ValueError("student: --student and --teacher go together (your student is timed against your teacher)")
+    own = bool(args.student)
+    teachers = args.teachers if args.teachers is not None else ("" if own else "vilt,meter")
+    kinds = [t.strip() for t in teachers.split(",") if t.strip()]
+    unknown = [t for t in kinds if t not in SETUPS]
+    if unknown or not (kinds or own):
+        raise ValueError(f"teachers: expected a comma-separated subset of {list(SETUPS)}; got {teachers!r}")
     for name in ("gallery_measured", "gallery", "queries", "k", "amortise_over"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"{name}: must be at least 1; got {getattr(args, name)}")
+    images, folder_count = (user_gallery(args.images, args.gallery_measured) if args.images else (None, 0))
+    if args.gallery is None:
+        args.gallery = folder_count or 5000
     if args.threads < 0:
         raise ValueError(f"threads: must be 0 (default) or positive; got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     results = []
+    if own:
+        setup = user_setup(args, device)
+        results.append({**report_one(setup, args.gallery_measured, args.gallery, args.queries, args.k,
+                                     args.amortise_over, device, images),
+                        "student_path": os.path.abspath(args.student), "teacher_path": os.path.abspath(args.teacher)})
+        del setup
     for kind in kinds:
         with tempfile.TemporaryDirectory() as workdir:
-            if args.student:
-                from .speed_custom import custom_setup
-                setup = custom_setup(args, Setup)
-            else:
-                setup = SETUPS[kind](args.tiny, workdir)
+            setup = SETUPS[kind](args.tiny, workdir)
             results.append(report_one(setup, args.gallery_measured, args.gallery, args.queries, args.k,
-                                      args.amortise_over, device))
+                                      args.amortise_over, device, images))
         del setup
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "tiny": args.tiny,
-              "gallery_measured": args.gallery_measured, "gallery": args.gallery, "queries": args.queries,
+              "gallery_measured": len(images) if images is not None else args.gallery_measured,
+              "gallery": args.gallery, "gallery_images": os.path.abspath(args.images) if args.images else None,
+              "queries": args.queries,
               "k": args.k, "amortise_over": args.amortise_over, "target_speedup": TARGET_SPEEDUP,
-              "extrapolation": extrapolation_note(args.gallery_measured, args.gallery, args.k), "results": results}
+              "extrapolation": extrapolation_note(len(images) if images is not None else args.gallery_measured,
+                                                  args.gallery, args.k), "results": results}
     print(markdown(report))
     print(f"\nExtrapolated: {report['extrapolation']}.")
     for result in results:
@@ -304,4 +345,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command_line(main))

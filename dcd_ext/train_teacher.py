@@ -15,7 +15,8 @@ import sys
 import torch
 
 from .cli import (add_device_argument, add_hidden_alias, add_precision_argument, add_teacher_arguments,
-                  load_teacher_from_args, make_parser, positive_int, resolve_device, teacher_kind)
+                  load_teacher_from_args, make_parser, positive_int, resolve_device, run_command_line,
+                  teacher_kind)
 from .data.pairs_file import load_pairs_file
 from .files import write_text_atomically
 from .teachers import finetune_teacher
@@ -74,4 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main))

@@ -4,8 +4,10 @@ repository root."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +141,112 @@ def test_commands_run_from_the_repository_root():
     assert done.stdout.strip() == "[0, 1, 2]"
     done = run_in_repo_root("-m", "dcd_ext.train", "--help")
     assert done.returncode == 0 and "--teacher-tokenizer" in done.stdout
+
+
+# ---- docs and --help agree; every parser is make_parser's (issue "nothing silent", item 13) ----------------
+
+def flags_table(markdown: str, heading: str) -> list[tuple[list[str], str]]:
+    """(flags, default cell) of each row of the table under ``heading``."""
+    section = markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            rows.append((re.findall(r"`(--[a-z0-9-]+)`", cells[0]), cells[1]))
+    return rows
+
+
+def literal(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def test_training_docs_flags_table_matches_the_parser():
+    from dcd_ext.train.params import RUN_DEFAULTS
+    parser = train_parser()
+    by_flag = {opt: action for action in parser._actions for opt in action.option_strings}
+    rows = flags_table((REPO / "docs" / "training.md").read_text(), "## Flags")
+    documented = {flag for flags, _ in rows for flag in flags}
+    shown = {opt for action in parser._actions if action.help != argparse.SUPPRESS and action.dest != "help"
+             for opt in action.option_strings}
+    assert shown - documented == set(), "flags missing from the docs/training.md table"
+    assert documented - shown == set(), "documented flags the parser does not have"
+    checked = 0
+    for flags, cell in rows:
+        defaults = re.split(r"\s*[,/]\s*", cell) if len(flags) > 1 else [cell]
+        if len(defaults) != len(flags):
+            continue
+        for flag, doc in zip(flags, defaults):
+            action = by_flag[flag]
+            actual = RUN_DEFAULTS.get(action.dest, action.default)
+            if actual in (None, False) or doc in ("", "auto") and actual == "auto":
+                continue
+            assert literal(doc) == literal(str(actual)), f"{flag}: docs say {doc!r}, --help says {actual!r}"
+            checked += 1
+    assert checked >= 30
+
+
+def test_every_parser_is_made_by_make_parser():
+    import ast
+    package = REPO / "dcd_ext"
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == \
+                    "ArgumentParser" and path.name != "cli.py":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
+    for command in COMMANDS + ("info",):
+        assert parser_of(command).allow_abbrev is False, command
+    assert train_parser().allow_abbrev is False
+
+
+def test_teacher_pointing_at_an_empty_folder_or_a_table_says_what_a_teacher_is(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"teacher: .*empty is a folder with neither config.json nor a \.ckpt file "
+                                         r"\(it is empty\); a teacher is a ViLT Hugging Face folder"):
+        cli.teacher_kind(str(empty))
+    table = tmp_path / "pairs.csv"
+    table.write_text("image,caption\na.png,a cat\n")
+    with pytest.raises(ValueError, match=r"pairs\.csv is a \.csv file that is not a checkpoint.*METER checkpoint"):
+        cli.teacher_kind(str(table))
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="it holds notes.txt"):
+        cli.teacher_kind(str(empty))
+    (empty / "meter.ckpt").write_bytes(b"PK\x03\x04")
+    assert cli.teacher_kind(str(empty)) == "meter"
+    pickled = tmp_path / "weights"
+    torch.save({"w": torch.zeros(1)}, pickled)
+    assert cli.teacher_kind(str(pickled)) == "meter"
+
+
+# ---- user errors are one line; Python callers still get the exception (item 7) ---------------------------
+
+def run_command(*argv: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+def test_user_errors_print_one_line_and_exit_2(tmp_path):
+    missing = str(tmp_path / "missing.csv")
+    done = run_command("dcd_ext.evaluate", "--teacher", str(tmp_path), "--data", missing)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: pairs file not found: {missing}"]
+    assert done.stdout == ""
+    done = run_command("dcd_ext.search", "--index", str(tmp_path / "x.idx"), "--text", "")
+    assert done.returncode == 2 and done.stderr == "error: queries: --text number 1 is empty\n"
+    done = run_command("dcd_ext.evaluate", "--teacher", str(tmp_path), "--data", missing, DCD_TRACEBACK="1")
+    assert done.returncode == 1 and "Traceback" in done.stderr and "FileNotFoundError" in done.stderr
+    from dcd_ext.evaluate import main as evaluate_main
+    with pytest.raises(FileNotFoundError, match="pairs file not found"):
+        evaluate_main(["--teacher", str(tmp_path), "--data", missing])
+
+
+def test_error_line_of_a_data_loader_worker_error():
+    wrapped = OSError("Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                      '  File "x.py", line 1, in f\nOSError: pairs:train, pairs.csv line 4: cannot read image file a.png')
+    assert cli.error_line(wrapped) == "pairs:train, pairs.csv line 4: cannot read image file a.png"
+    assert cli.error_line(ValueError("a\nb")) == "a b"

@@ -106,7 +106,7 @@ def test_table_image_root_keys_and_errors(tmp_path):
     path.write_text("file,text,split\na.png,a red circle,train\nb.png,  ,train\n")
     with pytest.raises(ValueError, match=r"found no image column .*columns are \['file', 'text', 'split'\]"):
         load_pairs_file(str(path))
-    with pytest.raises(ValueError, match="row 2 has an empty 'text'"):
+    with pytest.raises(ValueError, match=r"t\.csv:3: empty 'text'"):  # the file's line, not the row's index
         load_pairs_file(str(path), image_key="file")
     path.write_text("file,text\na.png,a red circle\na.png,two blue squares\nb.png,one cat\n")
     table = load_pairs_file(str(path), image_root="/data/imgs", image_key="file", caption_key="text")
@@ -251,3 +251,24 @@ def test_loader_batches_carry_ids_raw_items_and_a_resumable_order():
 def test_write_images_fixture_makes_real_files(tmp_path):
     write_images(str(tmp_path), ["a/b.png", "c.png"])
     assert os.path.isfile(tmp_path / "a" / "b.png") and os.path.isfile(tmp_path / "c.png")
+
+
+def test_table_errors_give_the_files_line_number(tmp_path):
+    """Issue "nothing silent", item 7: a caption with an unquoted comma used to lose its tail silently (the extra
+    field went nowhere); now it, a short row, a bad quote or a non-UTF-8 byte is reported with its line."""
+    path = tmp_path / "pairs.csv"
+    path.write_text('image,caption\na.png,"a man, riding a horse"\n\nb.png,a dog, running on grass\n')
+    with pytest.raises(ValueError, match=r"pairs\.csv:4: 3 fields but the header has 2 \(image, caption\) "
+                                         r"\(quote fields that contain the delimiter"):
+        load_pairs_file(str(path))
+    path.write_text('image,caption\na.png,"a caption\nover two lines"\nb.png\n')
+    with pytest.raises(ValueError, match=r"pairs\.csv:4: 1 fields but the header has 2"):
+        load_pairs_file(str(path))
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_bytes("image\tcaption\na.png\tun caf\u00e9\n".encode() + b"b.png\tun caf\xe9\n")
+    with pytest.raises(ValueError, match=r"pairs\.tsv:3: not UTF-8 text"):
+        load_pairs_file(str(tsv))
+    path.write_text('\ufeffimage,caption\na.png,a red circle\n')  # a byte-order mark is not part of the header
+    assert load_pairs_file(str(path)).captions == ["a red circle"]
+    table = load_pairs_file(write_table(str(tmp_path), num_images=4, fmt="csv"), split="train")
+    assert table.image_origins[:2] == ["pairs.csv line 4", "pairs.csv line 6"]

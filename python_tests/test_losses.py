@@ -176,3 +176,77 @@ def test_dcd_loss_rejects_bad_options():
     img, txt, scale = batch()
     with pytest.raises(ValueError, match="at least 2"):
         DCDLoss(teacher)(img[:1], txt[:1], scale, IDS[:1], [0], [0])
+
+
+def test_dcd_loss_contract_required_arguments_and_errors_naming_the_callers_argument():
+    """Issue "nothing silent", item 12: images and texts are required, and mistakes name the argument the caller
+    passed (not an internal one such as a kernel's ``query`` or the teacher's ``pairs``)."""
+    import inspect
+    teacher = teacher_for_rows()
+    loss_fn = DCDLoss(teacher, k=2)
+    params = inspect.signature(loss_fn.forward).parameters
+    assert all(params[name].default is inspect.Parameter.empty
+               for name in ("img", "txt", "logit_scale", "image_ids", "images", "texts"))
+    img, txt, scale = batch()
+    rows = IDS.tolist()
+    texts = list(range(len(IDS)))
+    with pytest.raises(TypeError, match="missing 2 required positional arguments: 'images' and 'texts'"):
+        loss_fn(img, txt, scale, IDS)
+    with pytest.raises(ValueError, match=r"images: expected 10 images \(one per row of img/txt\); got 9"):
+        loss_fn(img, txt, scale, IDS, rows[:9], texts)
+    with pytest.raises(ValueError, match=r"texts: expected 10 texts .*got 3"):
+        loss_fn(img, txt, scale, IDS, rows, texts[:3])
+    with pytest.raises(TypeError, match="texts: expected a list of the batch's 10 raw texts"):
+        loss_fn(img, txt, scale, IDS, rows, "a caption")
+    with pytest.raises(ValueError, match=r"image_ids: expected an int64 tensor \[10\]"):
+        loss_fn(img, txt, scale, IDS.float(), rows, texts)
+    with pytest.raises(ValueError, match=r"image_ids: expected an int64 tensor \[10\] .*shape \(9,\)"):
+        loss_fn(img, txt, scale, IDS[:9], rows, texts)
+    with pytest.raises(ValueError, match=r"img and txt: .*\(10, 8\) and \(9, 8\)"):
+        loss_fn(img, txt[:9], scale, IDS, rows, texts)
+    with pytest.raises(TypeError, match="img: expected a floating"):
+        loss_fn(img.long(), txt, scale, IDS, rows, texts)
+    with pytest.raises(TypeError, match="teacher: object object has no score_pairs"):
+        DCDLoss(object())
+
+    class WrongShape(FakeTeacher):
+        def score_pairs(self, images, texts, pairs):
+            return super().score_pairs(images, texts, pairs)[:1]
+
+    with pytest.raises(ValueError, match=r"teacher: score_pairs returned \(1,\) for \d+ pairs"):
+        DCDLoss(WrongShape(8, 10), k=2)(img, txt, scale, IDS, rows, texts)
+    out = loss_fn(img, txt, scale, IDS, rows, texts)
+    assert torch.isfinite(out.loss) and out.teacher_pairs > 0
+
+
+def test_dcd_weights_are_constants_for_the_gradient(monkeypatch):
+    """The wsl/dcd weights depend on the student's logits but are stop-gradient (documented): the returned
+    weights carry no graph, and the gradient is the reference's with detached weights, not the one a
+    differentiable weight would give."""
+    teacher = teacher_for_rows()
+    img, txt, scale = batch()
+    loss_fn = DCDLoss(teacher, k=3, weighting="wsl")
+    targets = loss_fn.prepare(img.detach(), txt.detach(), IDS, IDS.tolist(), list(range(len(IDS))))
+    out = loss_fn.compute(img, txt, scale, IDS, targets)
+    for w in (out.i2t_dist_weight, out.i2t_hard_weight, out.t2i_dist_weight, out.t2i_hard_weight):
+        assert not w.requires_grad
+    got = grads(out.loss, img, txt)
+
+    def ref_grads():
+        ref = reference.dynamic_contrastive_loss(img, txt, scale, targets.i2t, targets.i2t_teacher, targets.t2i,
+                                                 targets.t2i_teacher, IDS, IDS, weighting="wsl")
+        return grads(ref.loss, img, txt)
+
+    torch.testing.assert_close(got, ref_grads(), rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(reference, "dynamic_weights", lambda t, z, valid, weighting: differentiable_weights(t, z, valid))
+    differs = ref_grads()  # the check above can tell the two apart
+    assert max((a - b).abs().max().item() for a, b in zip(got, differs)) > 1e-4
+
+
+def differentiable_weights(t, z, valid):
+    """The wsl weights with the gradient through the student's logits kept (what DCD does not do)."""
+    neg = torch.finfo(z.dtype).min
+    ce_s = torch.logsumexp(z.masked_fill(~valid, neg), dim=1) - z[:, 0]
+    ce_t = torch.logsumexp(t.detach().masked_fill(~valid, neg), dim=1) - t.detach()[:, 0]
+    omega = 1 - torch.exp(-torch.clamp(ce_s / (ce_t + 1e-7), min=0))
+    return omega, torch.ones_like(omega)

@@ -227,3 +227,140 @@ def test_speed_tiny_report(tmp_path, capsys):
                                                          / large["student_ms_per_query"])
         assert large["student_rerank_ms_per_query"] > large["student_ms_per_query"] > 0
         assert isinstance(result["meets_target"], bool)
+
+
+# ---- the index records its student; search refuses another one (issue "nothing silent", item 2) ----------
+
+def other_student_of_the_same_width(folder, seed=7):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        student = build_small_student(captions=vocabulary(), image_size=32, width=64, embed_dim=32,
+                                      image_channels=[8, 16, 32], text_layers=1, heads=2)
+    save_student(student, str(folder))
+    return str(folder)
+
+
+def test_index_records_the_fingerprint_of_its_student(gallery):
+    from dcd_ext.students import student_fingerprint
+    with safe_open(gallery["image_index"], framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "dcd_ext.gallery/2"
+    assert meta["student_fingerprint"] == student_fingerprint(load_student(gallery["student_dir"]))
+    other = load_student(other_student_of_the_same_width(gallery["root"] / "fp_other"))
+    assert student_fingerprint(other) != meta["student_fingerprint"]
+
+
+def test_search_refuses_a_student_of_the_same_width_that_did_not_build_the_index(gallery, tmp_path, capsys):
+    other = other_student_of_the_same_width(tmp_path / "other")
+    query = ["--index", gallery["image_index"], "--text", gallery["captions"][2], "--k", "3"]
+    # before: confident garbage; now: refused, naming both students
+    with pytest.raises(ValueError, match=r"student: .*other is not the student that built the index .*images\.idx"
+                                         r".*--allow-student-mismatch"):
+        search_cli.main(query + ["--student", other])
+    doc = run_search(query + ["--student", other, "--allow-student-mismatch"], tmp_path)
+    assert len(doc["queries"][0]["results"]) == 3
+    assert "searching anyway (--allow-student-mismatch)" in capsys.readouterr().err
+
+
+def test_search_refuses_a_student_folder_retrained_in_place(gallery, tmp_path):
+    import shutil
+    student_dir = tmp_path / "student"
+    shutil.copytree(gallery["student_dir"], student_dir)
+    index = str(tmp_path / "photos.idx")
+    index_cli.main(["--student", str(student_dir), "--images", os.path.dirname(gallery["paths"][0]), "--out", index,
+                    "--device", "cpu", "--no-progress"])
+    assert run_search(["--index", index, "--text", gallery["captions"][1], "--k", "1"], tmp_path)
+    other_student_of_the_same_width(student_dir)  # the same folder, new weights
+    with pytest.raises(ValueError, match="is not the student that built the index"):
+        search_cli.main(["--index", index, "--text", gallery["captions"][1]])
+
+
+def test_a_format_1_index_still_searches_with_a_warning(gallery, tmp_path, capsys):
+    from safetensors.torch import save_file
+    with safe_open(gallery["image_index"], framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    old = {k: v for k, v in meta.items() if k != "student_fingerprint"}
+    old["format"] = "dcd_ext.gallery/1"
+    path = str(tmp_path / "old.idx")
+    save_file(tensors, path, metadata=old)
+    doc = run_search(["--index", path, "--text", gallery["captions"][5], "--k", "1"], tmp_path)
+    assert doc["queries"][0]["results"][0]["id"] == ID_OFFSET + 5
+    assert "records no student fingerprint" in capsys.readouterr().err
+
+
+# ---- silent mismatches at query time (item 6) -------------------------------------------------------------
+
+def test_empty_text_queries_are_refused(gallery, tmp_path):
+    from dcd_ext.serving.query import search_index
+    from dcd_ext.serving.index_file import load_index
+    with pytest.raises(ValueError, match="queries: --text number 2 is empty"):
+        search_cli.main(["--index", gallery["image_index"], "--text", "a red circle", "--text", "  "])
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\n")
+    with pytest.raises(ValueError, match=r"blank\.txt holds no queries"):
+        search_cli.main(["--index", gallery["image_index"], "--queries", str(blank)])
+    with pytest.raises(ValueError, match="text query 1 is empty"):
+        search_index(load_index(gallery["image_index"]), load_student(gallery["student_dir"]), [""], "text")
+
+
+def test_k_beyond_the_index_and_unknown_query_words_are_reported(gallery, tmp_path, capsys):
+    doc = run_search(["--index", gallery["image_index"], "--text", gallery["captions"][0], "--k", "20"], tmp_path)
+    assert len(doc["queries"][0]["results"]) == NUM_IMAGES
+    err = capsys.readouterr().err
+    assert f"--k 20 exceeds the {NUM_IMAGES} items of the index" in err
+    assert "unknown token" not in err  # the query's words are all in the student's vocabulary
+    run_search(["--index", gallery["image_index"], "--text", "a zebra grazing beside an acacia", "--k", "2"], tmp_path)
+    err = capsys.readouterr().err
+    assert "student tokenizer: in 1 queries, 5 of 6 words (83.3%) map to the unknown token [UNK]" in err
+    assert "'zebra'" in err
+
+
+# ---- an unreadable image is named, with where it comes from (item 3) ---------------------------------------
+
+def truncate(path, keep=0.5):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * keep)])
+
+
+def test_index_and_search_name_an_unreadable_image(gallery, tmp_path):
+    from train_fixtures import write_table
+    table = write_table(str(tmp_path), num_images=8, with_split=False)
+    truncate(tmp_path / "table_images" / "003.png")
+    with pytest.raises(OSError, match=r"gallery, pairs\.csv line \d+: cannot read image file .*003\.png: "
+                                      r"image file is truncated"):
+        index_cli.main(["--student", gallery["student_dir"], "--data", table, "--out", str(tmp_path / "t.idx"),
+                        "--device", "cpu", "--no-progress"])
+    assert not (tmp_path / "t.idx").exists()
+    bad_query = tmp_path / "query.png"
+    with open(gallery["paths"][0], "rb") as f:
+        bad_query.write_bytes(f.read()[:60])
+    with pytest.raises(OSError, match=r"query image, query 1: cannot read image file .*query\.png"):
+        search_cli.main(["--index", gallery["text_index"], "--image", str(bad_query)])
+
+
+# ---- speed times the user's own student and teacher on their own gallery (item 10) -------------------------
+
+def test_speed_times_your_own_student_and_teacher_on_your_gallery(gallery, tmp_path, capsys):
+    from dcd_ext.teachers.vilt import build_tiny_vilt
+    teacher_dir = build_tiny_vilt(tmp_path / "vilt", vocabulary(), image_size=32, patch_size=16, hidden=32,
+                                  layers=1, heads=2, seed=1)
+    out = tmp_path / "speed.json"
+    folder = os.path.dirname(gallery["paths"][0])
+    assert speed_cli.main(["--student", gallery["student_dir"], "--teacher", str(teacher_dir), "--images", folder,
+                           "--gallery-measured", "3", "--queries", "1", "--k", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["teacher"] for r in report["results"]] == ["vilt"]  # only yours: no random full-size models
+    mine = report["results"][0]
+    assert mine["student_path"] == os.path.abspath(gallery["student_dir"])
+    assert mine["teacher_path"] == os.path.abspath(teacher_dir)
+    assert report["gallery_images"] == os.path.abspath(folder)
+    assert report["gallery"] == NUM_IMAGES and report["gallery_measured"] == 3  # G: the folder's images
+    measured, large = mine["rows"]
+    assert measured["gallery"] == 3 and large["gallery"] == NUM_IMAGES
+    assert large["teacher_all_pairs_ms_per_query"] == pytest.approx(
+        mine["measured"]["teacher"]["text_encode_ms_per_query"]
+        + NUM_IMAGES * mine["measured"]["teacher"]["joint_ms_per_pair"])
+    assert f"your vilt teacher {teacher_dir} + small student {gallery['student_dir']}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--student and --teacher go together"):
+        speed_cli.main(["--student", gallery["student_dir"]])

@@ -52,8 +52,9 @@ def write_karpathy(tmp: str, coco_layout: bool = True) -> tuple[str, str]:
 
 
 def write_table(tmp: str, num_images: int = 24, captions_per_image: int = 2, with_split: bool = True,
-                fmt: str = "csv", seed: int = 0, test_every: int = 4) -> str:
-    """A pair table over synthetic scenes saved as files; every ``test_every``-th image is in the test split."""
+                fmt: str = "csv", seed: int = 0, test_every: int = 4, val_every: int = 0) -> str:
+    """A pair table over synthetic scenes saved as files; every ``test_every``-th image is in the test split,
+    and (``val_every`` > 0) every ``val_every``-th other one in the val split."""
     scenes = make_synthetic_split("table", num_images, seed, 32)
     folder = os.path.join(tmp, "table_images")
     os.makedirs(folder, exist_ok=True)
@@ -67,7 +68,7 @@ def write_table(tmp: str, num_images: int = 24, captions_per_image: int = 2, wit
             scenes.images[i].save(os.path.join(tmp, name))
         row = {"image": name, "caption": caption}
         if with_split:
-            row["split"] = "test" if i % test_every == 0 else "train"
+            row["split"] = "test" if i % test_every == 0 else "val" if val_every and i % val_every == 1 else "train"
         rows.append(row)
     path = os.path.join(tmp, f"pairs.{fmt}")
     if fmt == "jsonl":

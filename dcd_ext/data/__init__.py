@@ -8,11 +8,13 @@ from typing import Optional
 from .karpathy import load_karpathy
 from .loader import Batch, BatchCollator, make_train_loader, steps_per_epoch
 from .pairs_file import load_pairs_file
-from .retrieval_set import EmptySplitError, RetrievalSet, check_image_files
+from .retrieval_set import (EmptySplitError, RetrievalSet, check_image_files, describe_bad_images,
+                            find_unreadable_images, without_images)
 from .synthetic import make_synthetic_split, vocabulary
 
-__all__ = ["Batch", "BatchCollator", "EmptySplitError", "RetrievalSet", "check_image_files", "load_karpathy", "load_pairs_file",
-           "load_split", "make_synthetic_split", "make_train_loader", "steps_per_epoch", "vocabulary"]
+__all__ = ["Batch", "BatchCollator", "EmptySplitError", "RetrievalSet", "check_image_files", "describe_bad_images",
+           "find_unreadable_images", "load_karpathy", "load_pairs_file", "load_split", "make_synthetic_split",
+           "make_train_loader", "steps_per_epoch", "vocabulary", "without_images"]
 
 
 def load_split(data: str, images: Optional[str], split: str, max_captions_per_image: Optional[int] = None,

@@ -37,7 +37,7 @@ def load_karpathy(path: str, image_root: str, split: str = "train",
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError(f"{path}: expected an object with an 'images' list (Karpathy split format)")
     wanted = SPLITS[split]
-    images, names, captions, caption_image = [], [], [], []
+    images, names, captions, caption_image, origins = [], [], [], [], []
     for n, entry in enumerate(doc["images"]):
         for key in ("filename", "split", "sentences"):
             if not isinstance(entry, dict) or key not in entry:
@@ -57,6 +57,7 @@ def load_karpathy(path: str, image_root: str, split: str = "train",
         index = len(images)
         images.append(os.path.join(image_root, entry.get("filepath", ""), entry["filename"]))
         names.append(entry["filename"])
+        origins.append(f"{os.path.basename(path)} images[{n}]")
         captions.extend(raws)
         caption_image.extend([index] * len(raws))
     if not images:
@@ -64,4 +65,4 @@ def load_karpathy(path: str, image_root: str, split: str = "train",
         raise EmptySplitError(f"{path}: split {split!r} (Karpathy splits {list(wanted)}) is empty; "
                          f"the file holds splits {found}")
     stem = os.path.splitext(os.path.basename(path))[0]
-    return RetrievalSet(f"{stem}:{split}", images, captions, caption_image, names)
+    return RetrievalSet(f"{stem}:{split}", images, captions, caption_image, names, origins)

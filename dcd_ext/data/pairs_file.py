@@ -7,6 +7,7 @@ selects rows (``split=None`` keeps every row); relative image paths resolve agai
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Optional
@@ -17,27 +18,60 @@ IMAGE_KEYS = ("image", "filepath", "image_path", "file_name", "filename", "path"
 CAPTION_KEYS = ("caption", "text", "title", "sentence", "raw")
 
 
-def read_rows(path: str) -> list[dict]:
+def read_text(path: str) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); a decoding error names the line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the table as UTF-8") \
+            from None
+
+
+def read_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, row) of every row of a .csv/.tsv/.jsonl table; errors name the file and the line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pairs file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
-    with open(path, encoding="utf-8", newline="") as f:
-        if ext in (".jsonl", ".ndjson"):
-            rows = []
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
-                rows.append(row)
-            return rows
-        if ext in (".csv", ".tsv"):
-            return list(csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ","))
-    raise ValueError(f"pairs file must end in .csv, .tsv or .jsonl; got {path}")
+    if ext not in (".jsonl", ".ndjson", ".csv", ".tsv"):
+        raise ValueError(f"pairs file must end in .csv, .tsv or .jsonl; got {path}")
+    text = read_text(path)
+    rows = []
+    if ext in (".jsonl", ".ndjson"):
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append((lineno, row))
+        return rows
+    delimiter = "\t" if ext == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        header = [h.strip() for h in header]
+        start = reader.line_num + 1
+        for fields in reader:
+            lineno, start = start, reader.line_num + 1  # a quoted field may span lines: report the first
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                hint = (" (quote fields that contain the delimiter, e.g. \"a man, a dog\")"
+                        if len(fields) > len(header) else "")
+                raise ValueError(f"{path}:{lineno}: {len(fields)} fields but the header has {len(header)} "
+                                 f"({', '.join(header)}){hint}")
+            rows.append((lineno, dict(zip(header, fields))))
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: not a valid {ext[1:].upper()} row: {e}") from None
+    return rows
 
 
 def pick_key(rows: list[dict], given: Optional[str], candidates: tuple[str, ...], what: str, path: str) -> str:
@@ -60,9 +94,10 @@ def load_pairs_file(path: str, image_root: Optional[str] = None, split: Optional
     A table without a ``split`` column cannot serve a named split: that is an error, unless
     ``all_rows_without_split_column`` (used for training tables) says to take every row.
     """
-    rows = read_rows(path)
-    if not rows:
+    numbered = read_rows(path)
+    if not numbered:
         raise ValueError(f"{path}: the file holds no rows")
+    rows = [row for _, row in numbered]
     img_key = pick_key(rows, image_key, IMAGE_KEYS, "image", path)
     cap_key = pick_key(rows, caption_key, CAPTION_KEYS, "caption", path)
     if split is not None and "split" not in rows[0] and all_rows_without_split_column:
@@ -70,25 +105,27 @@ def load_pairs_file(path: str, image_root: Optional[str] = None, split: Optional
     if split is not None:
         if "split" not in rows[0]:
             raise EmptySplitError(f"{path}: split {split!r} was asked for but the file has no 'split' column")
-        rows = [r for r in rows if r.get("split") == split]
-        if not rows:
-            raise EmptySplitError(f"{path}: split {split!r} is empty")
+        found = sorted({str(r.get("split")) for r in rows})
+        numbered = [(n, r) for n, r in numbered if r.get("split") == split]
+        if not numbered:
+            raise EmptySplitError(f"{path}: split {split!r} is empty; the file holds splits {found}")
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
     index: dict[str, int] = {}
-    images, names, captions, caption_image = [], [], [], []
-    for n, row in enumerate(rows):
+    images, names, captions, caption_image, origins = [], [], [], [], []
+    base = os.path.basename(path)
+    for lineno, row in numbered:
         name, caption = row.get(img_key), row.get(cap_key)
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"{path}: row {n + 1} has an empty {img_key!r}")
+            raise ValueError(f"{path}:{lineno}: empty {img_key!r}")
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"{path}: row {n + 1} has an empty {cap_key!r}")
+            raise ValueError(f"{path}:{lineno}: empty {cap_key!r}")
         name = name.strip()
         if name not in index:
             index[name] = len(images)
             images.append(name if os.path.isabs(name) else os.path.join(root, name))
             names.append(name)
+            origins.append(f"{base} line {lineno}")
         captions.append(caption.strip())
         caption_image.append(index[name])
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return RetrievalSet(f"{stem}:{split}" if split else stem, images, captions, caption_image, names)
-
+    stem = os.path.splitext(base)[0]
+    return RetrievalSet(f"{stem}:{split}" if split else stem, images, captions, caption_image, names, origins)

@@ -23,7 +23,9 @@ class RetrievalSet:
 
     ``caption_image[j]`` is the index (into ``images``) of the image caption j describes. The image index is
     also the id that keeps captions of one image from being each other's negatives. ``images`` holds file
-    paths (opened lazily) or PIL images (the synthetic set); ``image_names`` are labels for reports.
+    paths (opened lazily) or PIL images (the synthetic set); ``image_names`` are labels for reports;
+    ``image_origins`` say where each image was named (``pairs.csv line 7``, ``dataset_coco.json images[12]``),
+    for error messages.
     """
 
     name: str
@@ -31,6 +33,7 @@ class RetrievalSet:
     captions: list[str]
     caption_image: list[int]
     image_names: list[str] = field(default_factory=list)
+    image_origins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.caption_image):
@@ -49,6 +52,8 @@ class RetrievalSet:
             raise ValueError(f"{self.name}: image {missing} ({self._label(missing)}) has no caption")
         if not self.image_names:
             self.image_names = [self._label(i) for i in range(n)]
+        if self.image_origins and len(self.image_origins) != n:
+            raise ValueError(f"{self.name}: {len(self.image_origins)} image origins for {n} images")
 
     def _label(self, i: int) -> str:
         src = self.images[i]
@@ -62,9 +67,13 @@ class RetrievalSet:
     def num_captions(self) -> int:
         return len(self.captions)
 
+    def describe(self, i: int) -> str:
+        """Image i's split and, when known, the table line or Karpathy entry naming it (for messages)."""
+        return f"{self.name}, {self.image_origins[i]}" if self.image_origins else self.name
+
     def load_image(self, i: int) -> Image.Image:
         src = self.images[i]
-        return src if isinstance(src, Image.Image) else open_image(src, self.name)
+        return src if isinstance(src, Image.Image) else open_image(src, self.describe(i))
 
     def load_images(self, indices: Sequence[int]) -> list[Image.Image]:
         return [self.load_image(int(i)) for i in indices]
@@ -85,14 +94,43 @@ class RetrievalSet:
                 captions.append(self.captions[j])
                 caption_image.append(remap[i])
         return RetrievalSet(name or self.name, [self.images[int(i)] for i in image_indices], captions,
-                            caption_image, [self.image_names[int(i)] for i in image_indices])
+                            caption_image, [self.image_names[int(i)] for i in image_indices],
+                            [self.image_origins[int(i)] for i in image_indices] if self.image_origins else [])
 
 
 def check_image_files(split: RetrievalSet, limit: int = 5) -> None:
-    """Raise FileNotFoundError naming the first missing image files of a path-based split."""
-    missing = [p for p in split.images if isinstance(p, str) and not os.path.isfile(p)]
+    """Raise FileNotFoundError naming the first missing image files of a path-based split (and where the
+    data file names them)."""
+    missing = [i for i, p in enumerate(split.images) if isinstance(p, str) and not os.path.isfile(p)]
     if missing:
-        shown = ", ".join(missing[:limit])
+        shown = ", ".join(split.images[i] + (f" ({split.image_origins[i]})" if split.image_origins else "")
+                          for i in missing[:limit])
         more = f" (and {len(missing) - limit} more)" if len(missing) > limit else ""
         raise FileNotFoundError(f"{split.name}: {len(missing)} of {split.num_images} image files are "
                                 f"missing: {shown}{more}")
+
+
+def find_unreadable_images(split: RetrievalSet, progress: bool = False) -> list[tuple[int, str]]:
+    """(image index, reason) for every file of a path-based split that cannot be read as an image (a fast
+    header check, see :func:`dcd_ext.data.images.image_problem`); a progress bar on large sets."""
+    from .images import find_bad_images
+
+    files = [(i, p) for i, p in enumerate(split.images) if isinstance(p, str)]
+    bad = find_bad_images([p for _, p in files], progress=progress and len(files) >= 1000,
+                          desc=f"checking {split.name} images")
+    return [(files[pos][0], reason) for pos, reason in sorted(bad.items())]
+
+
+def describe_bad_images(split: RetrievalSet, bad: list[tuple[int, str]], limit: int = 5) -> str:
+    shown = "; ".join(f"{split.images[i]} ({split.image_origins[i] if split.image_origins else 'image ' + str(i)}): "
+                      f"{reason}" for i, reason in bad[:limit])
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{split.name}: {len(bad)} of {split.num_images} image files cannot be read: {shown}{more}"
+
+
+def without_images(split: RetrievalSet, drop: set[int]) -> RetrievalSet:
+    """The split without the images in ``drop`` and their captions."""
+    keep = [i for i in range(split.num_images) if i not in drop]
+    if not keep:
+        raise EmptySplitError(f"{split.name}: no readable image is left")
+    return split.subset(keep)

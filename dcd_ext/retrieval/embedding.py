@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -21,9 +21,9 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 @torch.no_grad()
 def embed_items(student, items: Sequence, modality: str, batch_size: int = 256, device="cpu",
-                progress: bool = False, source: str = "image") -> Tensor:
+                progress: bool = False, source: str = "image", origins: Optional[Sequence[str]] = None) -> Tensor:
     """Embeddings [G, D] (float32, on ``device``) of ``items``: images (PIL images or file paths, opened
-    with ``source`` named in errors) or caption strings."""
+    with ``source`` and the item's entry of ``origins``, if given, named in errors) or caption strings."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}; got {modality!r}")
     if batch_size < 1:
@@ -35,7 +35,9 @@ def embed_items(student, items: Sequence, modality: str, batch_size: int = 256, 
         for part in chunks(len(items), batch_size):
             batch = list(items[part])
             if modality == "image":
-                images = [x if isinstance(x, Image.Image) else open_image(x, source) for x in batch]
+                images = [x if isinstance(x, Image.Image) else
+                          open_image(x, f"{source}, {origins[part.start + n]}" if origins else source)
+                          for n, x in enumerate(batch)]
                 out.append(student.encode_image(student.preprocess_images(images).to(device)))
             else:
                 ids, mask = student.tokenizer(batch)
@@ -48,7 +50,8 @@ def embed_items(student, items: Sequence, modality: str, batch_size: int = 256, 
 
 def embed_images(student, split: RetrievalSet, batch_size: int = 256, device="cpu") -> Tensor:
     """Image embeddings [N, D] of a split, float32, on ``device``."""
-    return embed_items(student, split.images, "image", batch_size, device, source=split.name)
+    return embed_items(student, split.images, "image", batch_size, device, source=split.name,
+                       origins=split.image_origins or None)
 
 
 def embed_texts(student, split: RetrievalSet, batch_size: int = 256, device="cpu") -> Tensor:

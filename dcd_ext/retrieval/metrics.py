@@ -47,7 +47,8 @@ def empty_metrics() -> dict[str, Optional[float]]:
 
 def format_table(results: dict[str, dict]) -> str:
     """A fixed-width table of results entries (recalls in percent)."""
-    head = f"{'model':<22}{'i2t R@1':>8}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'RSUM':>8}" \
+    width = max([22] + [len(name) + 1 for name in results])
+    head = f"{'model':<{width}}{'i2t R@1':>8}{'R@5':>7}{'R@10':>7}{'t2i R@1':>9}{'R@5':>7}{'R@10':>7}{'RSUM':>8}" \
            f"{'ms/query':>11}"
     lines = [head, "-" * len(head)]
 
@@ -55,7 +56,7 @@ def format_table(results: dict[str, dict]) -> str:
         return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
     for name, r in results.items():
-        lines.append(f"{name:<22}{cell(r['i2t_r1'], 8)}{cell(r['i2t_r5'], 7)}{cell(r['i2t_r10'], 7)}"
+        lines.append(f"{name:<{width}}{cell(r['i2t_r1'], 8)}{cell(r['i2t_r5'], 7)}{cell(r['i2t_r10'], 7)}"
                      f"{cell(r['t2i_r1'], 9)}{cell(r['t2i_r5'], 7)}{cell(r['t2i_r10'], 7)}{cell(r['rsum'], 8)}"
                      f"{cell(r['ms_per_query'], 11, 3)}")
     return "\n".join(lines)

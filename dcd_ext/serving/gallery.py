@@ -38,19 +38,21 @@ def captions_in_text_file(path: str) -> list[str]:
 
 
 def gallery_items(data: Optional[str], images: Optional[str], split: Optional[str],
-                  modality: str) -> tuple[list[str], list[str]]:
-    """(names, sources) of the gallery: image names and absolute paths, or captions (twice)."""
+                  modality: str) -> tuple[list[str], list[str], list[str]]:
+    """(names, sources, origins) of the gallery: image names and absolute paths, or captions (twice); origins
+    say where a data file names each image (its table line or Karpathy entry; empty otherwise), for errors."""
     if data is None:
         if images is None:
             raise ValueError("data: give --data (a pairs table, Karpathy JSON or, for text, a .txt file) or --images FOLDER")
         if modality != "image":
             raise ValueError("modality: a folder of images (--images without --data) can only make an image index")
-        return images_in_folder(images)
+        names, paths = images_in_folder(images)
+        return names, paths, []  # the path says it all
     if data.lower().endswith(".txt"):
         if modality != "text":
             raise ValueError(f"modality: {data} is a caption list; index it with --modality text")
         captions = captions_in_text_file(data)
-        return captions, captions
+        return captions, captions, []
     from ..data import check_image_files, load_karpathy, load_pairs_file
 
     if data.lower().endswith(".json"):
@@ -60,18 +62,22 @@ def gallery_items(data: Optional[str], images: Optional[str], split: Optional[st
     else:
         gallery = load_pairs_file(data, images, split)
     if modality == "text":
-        return list(gallery.captions), list(gallery.captions)
+        return list(gallery.captions), list(gallery.captions), []
     check_image_files(gallery)
-    return list(gallery.image_names), [os.path.abspath(p) for p in gallery.images]
+    return (list(gallery.image_names), [os.path.abspath(p) for p in gallery.images],
+            list(gallery.image_origins))
 
 
 def build_index(student_dir: str, names: list[str], sources: list[str], modality: str, batch_size: int = 64,
                 device="cpu", dtype: torch.dtype = torch.float32, id_offset: int = 0,
-                progress: bool = True) -> GalleryIndex:
-    from ..students import load_student
+                progress: bool = True, origins: Optional[list[str]] = None) -> GalleryIndex:
+    """Embed the gallery with the student in ``student_dir``; the index records that folder and the
+    student's fingerprint. ``origins`` (one per item) name where an unreadable image comes from."""
+    from ..students import load_student, student_fingerprint
 
     student = load_student(student_dir, device)
-    embeddings = embed_items(student, sources, modality, batch_size, device, progress).cpu()
+    embeddings = embed_items(student, sources, modality, batch_size, device, progress, source="gallery",
+                             origins=origins or None).cpu()
     ids = torch.arange(id_offset, id_offset + len(sources), dtype=torch.int64)
     return GalleryIndex(embeddings.to(dtype), ids, modality, os.path.abspath(student_dir), list(names),
-                        list(sources))
+                        list(sources), student_fingerprint(student))

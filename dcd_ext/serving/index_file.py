@@ -2,7 +2,9 @@
 
 One safetensors file: tensors ``embeddings`` [G, D] (float32 or float16, L2-normalised rows) and ``ids``
 [G] int64; string metadata ``format``, ``modality`` (``image`` or ``text``: what the rows embed),
-``student`` (the student folder that embedded them), ``embed_dim``, ``count`` and ``items``: a JSON list
+``student`` (the student folder that embedded them), ``student_fingerprint`` (a SHA-256 of that student's
+configuration and weights, :func:`dcd_ext.students.student_fingerprint`; format 2 on), ``embed_dim``,
+``count`` and ``items``: a JSON list
 of G objects ``{"name": ..., "source": ...}`` (image: the display name and the absolute file path the
 teacher re-ranker reopens; text: the caption twice). Files are written to a temporary name in the same
 folder and renamed, so a reader never sees half a file.
@@ -21,7 +23,9 @@ from torch import Tensor
 
 from ..files import write_atomically
 
-INDEX_FORMAT = "dcd_ext.gallery/1"
+INDEX_FORMAT = "dcd_ext.gallery/2"
+# format 1 had no student fingerprint; it is still read (search then cannot check the student)
+READABLE_FORMATS = ("dcd_ext.gallery/1", INDEX_FORMAT)
 MODALITIES = ("image", "text")
 
 
@@ -33,6 +37,7 @@ class GalleryIndex:
     student: str
     names: list[str]
     sources: list[str]
+    student_fingerprint: str = ""  # empty: unknown (a format-1 index)
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -57,7 +62,7 @@ def save_index(index: GalleryIndex, path: str) -> None:
                "ids": index.ids.to(torch.int64).cpu().contiguous()}
     items = [{"name": n, "source": s} for n, s in zip(index.names, index.sources)]
     metadata = {"format": INDEX_FORMAT, "modality": index.modality, "student": index.student,
-                "embed_dim": str(index.embed_dim), "count": str(len(index)), "items": json.dumps(items)}
+                "student_fingerprint": index.student_fingerprint, "embed_dim": str(index.embed_dim), "count": str(len(index)), "items": json.dumps(items)}
     write_atomically(path, lambda temp: save_file(tensors, temp, metadata=metadata))
 
 
@@ -72,12 +77,13 @@ def load_index(path: str) -> GalleryIndex:
             tensors = {k: f.get_tensor(k) for k in keys & {"embeddings", "ids"}}
     except Exception as e:  # safetensors raises its own error types for a file that is not safetensors
         raise ValueError(f"index: {path} is not a safetensors file ({e})") from None
-    if metadata.get("format") != INDEX_FORMAT or set(tensors) != {"embeddings", "ids"}:
+    if metadata.get("format") not in READABLE_FORMATS or set(tensors) != {"embeddings", "ids"}:
         raise ValueError(f"index: {path} is not a dcd_ext gallery index (format {metadata.get('format')!r}, "
                          f"tensors {sorted(keys)})")
     items = json.loads(metadata["items"])
     return GalleryIndex(tensors["embeddings"], tensors["ids"], metadata["modality"], metadata.get("student", ""),
-                        [it["name"] for it in items], [it["source"] for it in items])
+                        [it["name"] for it in items], [it["source"] for it in items],
+                        metadata.get("student_fingerprint", ""))
 
 
 def export_faiss(index: GalleryIndex, path: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -17,10 +18,23 @@ QUERY_FITS_INDEX = {"text": "image", "image": "text"}  # query modality -> the g
 
 
 def read_query_file(path: str) -> list[str]:
+    """The non-blank lines of a queries file (blank lines separate nothing and are skipped)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"queries: query file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+        queries = [line.strip() for line in f if line.strip()]
+    if not queries:
+        raise ValueError(f"queries: {path} holds no queries (only blank lines)")
+    return queries
+
+
+def check_queries(queries: list[str], modality: str) -> None:
+    """Refuse an empty (or blank) text query: its embedding is the student's answer to nothing."""
+    for n, q in enumerate(queries, 1):
+        if not isinstance(q, str):
+            raise TypeError(f"queries: query {n} must be a str; got {type(q).__name__}")
+        if modality == "text" and not q.strip():
+            raise ValueError(f"queries: text query {n} is empty")
 
 
 def check_index_fits(index: GalleryIndex, index_path: str, query_modality: str) -> None:
@@ -31,11 +45,30 @@ def check_index_fits(index: GalleryIndex, index_path: str, query_modality: str) 
                          f"({flag}) search a {wanted} index")
 
 
-def check_student_fits(index: GalleryIndex, index_path: str, student, student_dir: str) -> None:
+def check_student_fits(index: GalleryIndex, index_path: str, student, student_dir: str,
+                       allow_mismatch: bool = False) -> Optional[str]:
+    """Refuse a student whose embeddings cannot be compared with the index's: another width always; another
+    fingerprint (configuration or weights) unless ``allow_mismatch``. Returns a warning to show, or None."""
+    from ..students import student_fingerprint
+
     width = student.config.embed_dim
     if width != index.embed_dim:
         raise ValueError(f"student: {student_dir} embeds to width {width}, but the index {index_path} holds "
                          f"embeddings of width {index.embed_dim} (built by {index.student or 'an unknown student'})")
+    if not index.student_fingerprint:
+        return (f"the index {index_path} records no student fingerprint (an index of format 1): cannot check "
+                f"that {student_dir} is the student that built it; rebuild the index to record one")
+    fingerprint = student_fingerprint(student)
+    if fingerprint == index.student_fingerprint:
+        return None
+    what = (f"student: {student_dir} is not the student that built the index {index_path} (built by "
+            f"{index.student or 'an unknown student'}; fingerprints {fingerprint[:12]} vs "
+            f"{index.student_fingerprint[:12]}: other weights or configuration)")
+    if not allow_mismatch:
+        raise ValueError(f"{what}; its query embeddings are not comparable with the index's, so scores would be "
+                         "meaningless. Search with the index's student, rebuild the index with this one, or pass "
+                         "--allow-student-mismatch if you know they embed alike")
+    return what + "; searching anyway (--allow-student-mismatch)"
 
 
 def student_candidates(index: GalleryIndex, query_embeddings: Tensor, depth: int) -> tuple[Tensor, Tensor]:
@@ -57,10 +90,12 @@ def teacher_scores(teacher, index: GalleryIndex, queries: list[str], query_modal
     cand = torch.where(valid, local[positions.clamp_min(0)], positions)
     items = [index.sources[int(p)] for p in used]
     if query_modality == "text":
-        images, texts = [open_image(p, "gallery") for p in items], queries
+        images = [open_image(path, f"gallery item id {int(index.ids[int(p)])} ({index.names[int(p)]})")
+                  for p, path in zip(used, items)]
+        texts = queries
         pairs = torch.stack([cand, torch.where(valid, q, -1)], dim=2)
     else:
-        images, texts = [open_image(p, "query") for p in queries], items
+        images, texts = [open_image(p, f"query image {n + 1}") for n, p in enumerate(queries)], items
         pairs = torch.stack([torch.where(valid, q, -1), cand], dim=2)
     scores = score_unique_pairs(lambda p: teacher.score_pairs(images, texts, p), pairs.reshape(-1, 2))
     return scores.cpu().view(positions.shape)
@@ -74,8 +109,12 @@ def search_index(index: GalleryIndex, student, queries: list[str], query_modalit
     """
     if k < 1:
         raise ValueError(f"k: must be at least 1; got {k}")
+    if not queries:
+        raise ValueError("queries: no queries given")
+    check_queries(queries, query_modality)
     depth = rerank_depth if teacher is not None else 0
-    query_embeddings = embed_items(student, queries, query_modality, device=device, source="query")
+    query_embeddings = embed_items(student, queries, query_modality, device=device, source="query image",
+                                   origins=[f"query {n + 1}" for n in range(len(queries))])
     student_score, positions = student_candidates(index, query_embeddings.to(device), max(k, depth))
     student_score, positions = student_score.cpu(), positions.cpu()
     teacher_score = None

@@ -4,11 +4,11 @@ pretrained dual encoder (a CLIP or SigLIP folder via ``load_student``, an open_c
 
 from .dual_encoder import DualEncoder, StudentConfig
 from .factory import (build_meter_student, build_small_student, build_vilt_student, is_student_folder,
-                      load_student, save_student, student_folder_kind)
+                      load_student, save_student, student_fingerprint, student_folder_kind)
 from .open_clip_student import build_open_clip_student
 from .tokenizer import WordTokenizer, build_vocab
 from .transforms import ImageTransform
 
 __all__ = ["DualEncoder", "ImageTransform", "StudentConfig", "WordTokenizer", "build_meter_student",
            "build_open_clip_student", "build_small_student", "build_vilt_student", "build_vocab",
-           "is_student_folder", "load_student", "save_student", "student_folder_kind"]
+           "is_student_folder", "load_student", "save_student", "student_fingerprint", "student_folder_kind"]

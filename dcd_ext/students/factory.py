@@ -198,6 +198,24 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
     return model.to(device).eval()
 
 
+def student_fingerprint(model: DualEncoder) -> str:
+    """A SHA-256 of what decides a student's embeddings: its configuration, every weight and buffer, and
+    (for Hugging Face tokenizers) the vocabulary. Two students with the same fingerprint embed alike; an
+    index records the fingerprint of the student that built it, so a search can refuse another one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if isinstance(model.tokenizer, HFTokenizer):
+        vocab = model.tokenizer.tokenizer.get_vocab()
+        h.update(json.dumps(sorted(vocab.items())).encode())
+    return h.hexdigest()
+
+
 def is_student_folder(path: str) -> bool:
     """A folder :func:`load_student` reads: a saved student or a pretrained CLIP / SigLIP / open_clip folder."""
     return student_folder_kind(path) is not None

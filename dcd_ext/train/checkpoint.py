@@ -137,6 +137,37 @@ def read_tensors(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
+def checkpoint_mismatch(path: str, model: torch.nn.Module) -> Optional[str]:
+    """Why the weights in ``path`` do not fit ``model`` (missing, extra or differently shaped tensors), or
+    None. Reads the header only."""
+    meta = read_meta(path)
+    prefix = "model.student." if meta["format"] == "dcd_ext.train/2" else "model."
+    try:
+        with safe_open(path, "pt") as f:
+            shapes = {k[len(prefix):]: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix)}
+    except Exception as e:
+        raise CorruptCheckpointError(path, f"tensor index unreadable ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = [f"{k}: {list(shapes[k])} in the checkpoint, {list(v)} here" for k, v in expected.items()
+                if k in shapes and shapes[k] != v]
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing:
+        problems.append(f"{len(missing)} tensors missing from the checkpoint (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} tensors this student does not have (e.g. {extra[0]})")
+    if not problems:
+        return None
+    return "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+
+
+def check_checkpoint_fits(path: str, model: torch.nn.Module) -> None:
+    """ValueError naming ``path`` when its weights belong to a student of another architecture."""
+    why = checkpoint_mismatch(path, model)
+    if why:
+        raise ValueError(f"resume: checkpoint {path} holds a student of another architecture than this run "
+                         f"builds ({why}); resume it with the settings it was written with")
+
+
 def load_checkpoint(path: str, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     restore_rng: bool = True, rank: int = 0, loss: Optional[torch.nn.Module] = None,
                     device: Optional[torch.device] = None) -> dict:
@@ -152,6 +183,7 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: Optional[torch
     if meta["format"] == "dcd_ext.train/2":
         weights = {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
     model_device = next(model.parameters()).device
+    check_checkpoint_fits(path, model)
     model.load_state_dict({k: v.to(model_device) for k, v in weights.items()})
     if optimizer is not None:
         state: dict[int, dict] = {}

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Optional
 
 import torch
 
 from ..cli import teacher_kind
-from ..data import EmptySplitError, RetrievalSet, load_split
+from ..data import EmptySplitError, RetrievalSet, load_split, without_images
+from ..data.images import find_bad_images
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
                         is_student_folder, load_student)
@@ -21,29 +23,76 @@ from .run_dir import get_logger
 OPEN_CLIP_PREFIX = "open_clip:"
 
 
-def optional_split(data: str, images: Optional[str], split: str, max_captions: int) -> Optional[RetrievalSet]:
+def optional_split(data: str, images: Optional[str], split: str, max_captions: int,
+                   check_files: bool = True) -> Optional[RetrievalSet]:
     """A validation split if the data has one; None (logged) if not."""
     if split == "none":
         return None
     try:
-        return load_split(data, images, split, max_captions)
+        return load_split(data, images, split, max_captions, check_files=check_files)
     except EmptySplitError as e:
         get_logger().info(f"no per-epoch validation: {e}")
         return None
 
 
 def load_data_from_args(args: argparse.Namespace) -> tuple[RetrievalSet, Optional[RetrievalSet], RetrievalSet]:
-    """(train, val or None, eval) splits as the flags describe."""
+    """(train, val or None, eval) splits as the flags describe. With --skip-bad-images missing files are left
+    to :func:`screen_images` (which drops them) instead of stopping the run here."""
     keys = {"image_key": args.image_key, "caption_key": args.caption_key}
-    train = load_split(args.data, args.images, args.train_split, all_rows_without_split_column=True, **keys)
+    check = not getattr(args, "skip_bad_images", False)
+    train = load_split(args.data, args.images, args.train_split, all_rows_without_split_column=True,
+                       check_files=check, **keys)
     eval_data = args.eval_data or args.data
     try:
         test = load_split(eval_data, args.images, args.eval_split, args.max_eval_captions,
-                          all_rows_without_split_column=args.eval_data is not None, **keys)
+                          all_rows_without_split_column=args.eval_data is not None, check_files=check, **keys)
     except EmptySplitError as e:
         raise ValueError(f"eval_split: {e}; pass --eval-data with a separate evaluation file") from None
-    val = optional_split(args.data, args.images, args.val_split, args.max_eval_captions)
+    val = optional_split(args.data, args.images, args.val_split, args.max_eval_captions, check)
     return train, val, test
+
+
+def screen_images(splits: list[Optional[RetrievalSet]], skip: bool, progress: bool = True
+                  ) -> tuple[list[Optional[RetrievalSet]], list[dict]]:
+    """Check every image file the splits will read (a fast header check, a progress bar on large sets) before
+    a run starts. Unreadable files stop the run with their paths and the lines naming them, or with ``skip``
+    are left out with their captions: returns the splits and what was skipped (split, path, origin, reason)."""
+    paths = sorted({p for s in splits if s is not None for p in s.images if isinstance(p, str)})
+    if not paths:
+        return splits, []
+    log = get_logger()
+    started = time.perf_counter()
+    bad = {paths[i]: reason for i, reason in find_bad_images(paths, progress=progress and len(paths) >= 1000,
+                                                             desc="checking image files").items()}
+    log.info(f"checked {len(paths)} image files in {time.perf_counter() - started:.1f} s: "
+             + (f"{len(bad)} cannot be read" if bad else "all readable"))
+    if not bad:
+        return splits, []
+    skipped, out = [], []
+    for split in splits:
+        if split is None:
+            out.append(None)
+            continue
+        drop = {i for i, p in enumerate(split.images) if isinstance(p, str) and p in bad}
+        for i in sorted(drop):
+            skipped.append({"split": split.name, "path": split.images[i],
+                            "origin": split.image_origins[i] if split.image_origins else "", "reason": bad[split.images[i]]})
+        out.append(without_images(split, drop) if drop and skip else split)
+    if not skip:
+        shown = "; ".join(f"{s['path']} ({s['origin'] or s['split']}): {s['reason']}" for s in skipped[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise OSError(f"data: {len(bad)} of {len(paths)} image files cannot be read: {shown}{more}. Fix or remove "
+                      "them, or pass --skip-bad-images to leave them out (listed in RUN/skipped_images.txt)")
+    captions = sum(a.num_captions - b.num_captions for a, b in zip(splits, out) if a is not None)
+    log.warning(f"--skip-bad-images: left out {len(bad)} unreadable image files and their {captions} captions "
+                "(listed in skipped_images.txt)")
+    return out, skipped
+
+
+def skipped_images_text(skipped: list[dict]) -> str:
+    lines = ["# images left out by --skip-bad-images: split<TAB>path<TAB>where the data file names it<TAB>reason"]
+    lines += ["\t".join([s["split"], s["path"], s["origin"], s["reason"]]) for s in skipped]
+    return "\n".join(lines) + "\n"
 
 
 def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> DualEncoder:
@@ -90,4 +139,4 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> TrainS
                          accum_steps=args.accum_steps, save_every=args.save_every, device=device,
                          seed=args.seed, log_every=args.log_every, workers=args.workers,
                          keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
-                         eval_batch_size=args.eval_batch_size)
+                         eval_batch_size=args.eval_batch_size, early_stop=args.early_stop)

@@ -36,10 +36,10 @@ from ..retrieval.metrics import format_table
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import build_small_student, load_student, save_student
 from ..students.factory import vilt_student_from_model
-from .checkpoint import latest_checkpoint
+from .checkpoint import check_checkpoint_fits, latest_checkpoint
 from .loop import TrainSettings, train_student
 from .report import write_plots, write_report
-from .run_dir import RunDir, get_logger
+from .run_dir import RunDir, get_logger, write_config
 
 TEACHER_FORMAT = 1  # bump when the teacher recipe changes, so old caches are not reused
 
@@ -189,6 +189,8 @@ def train_demo_student(name: str, loss_fn, preset: DemoPreset, train, val, args,
                              device=device, seed=args.seed, log_every=args.log_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
                              eval_batch_size=args.eval_batch_size)
     resume = latest_checkpoint(run.file("checkpoints", name)) if args.resume else None
+    if resume is not None:
+        check_checkpoint_fits(resume, student)
     summary = train_student(name, student, loss_fn, train, val, settings, run, resume)
     save_student(student, run.file(name))
     return summary
@@ -198,10 +200,12 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
     log = get_logger()
     started = time.perf_counter()
     preset = preset_from_args(args)
-    run.write_json("config.json", {"mode": "demo", "args": vars(args), "preset": dataclasses.asdict(preset)})
     train = make_synthetic_split("train", preset.train_images, args.seed, preset.image_size)
     val = make_synthetic_split("val", preset.val_images, args.seed, preset.image_size)
     test = make_synthetic_split("test", preset.test_images, args.seed, preset.image_size)
+    run.create()
+    write_config(run, args, command, "demo", preset=dataclasses.asdict(preset))
+    run.set_status("running")
     log.info(f"demo ({args.demo_size}): synthetic scenes, train {train.num_images} images / {train.num_captions} "
              f"captions, val {val.num_images}, test {test.num_images} / {test.num_captions}; run folder {run.path}")
 

@@ -2,12 +2,18 @@
 
 Flags whose default is None get a value that depends on the mode: the built-in demo has its own preset
 per ``--demo-size``; a run on your own data uses :data:`RUN_DEFAULTS`.
+
+``--resume RUN`` takes every setting from the run folder's config.json: flags given with it may change only
+:data:`RESUMABLE` settings (where and how fast the run goes, how often it saves and logs, how long it
+trains); any other flag must repeat the saved value or the resume is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+import json
+import os
+from typing import Any, Optional, Sequence
 
 from ..cli import (add_device_argument, add_precision_argument, add_teacher_arguments, make_parser,
                    non_negative_int, positive_float, positive_int, unit_float)
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-key", help="image column of a table (default: first of image, filepath, ...)")
     data.add_argument("--caption-key", help="caption column of a table (default: first of caption, text, ...)")
     data.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="images that cannot be read (checked before training) are left out with their captions and "
+                           "listed in RUN/skipped_images.txt; without this flag they stop the run before it starts")
 
     model = p.add_argument_group("models")
     add_teacher_arguments(model)
@@ -104,12 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("run folder and evaluation")
     out.add_argument("--out", help="run folder (default: runs/<date>-<time>-<mode>)")
-    out.add_argument("--resume", help="continue from a checkpoint file or a run folder (its latest checkpoint)")
+    out.add_argument("--resume", help="continue a run folder (its latest checkpoint) or one of its checkpoint files, "
+                                      "with the settings saved in its config.json; only --device, --threads, "
+                                      "--workers, --epochs, --save-every, --keep-checkpoints, --log-every, "
+                                      "--early-stop, --eval-batch-size, --teacher-batch-size, "
+                                      "--teacher-eval-max-pairs, --images, --cache-dir and --no-progress may change")
     out.add_argument("--save-every", type=non_negative_int, default=0,
                      help="steps between mid-epoch checkpoints, for exact resume after a crash (0: epoch ends only)")
     out.add_argument("--keep-checkpoints", type=non_negative_int, default=3,
                      help="epoch checkpoints kept per student (0: all)")
-    out.add_argument("--log-every", type=positive_int, default=10, help="steps between metrics.jsonl rows")
+    out.add_argument("--log-every", type=positive_int, default=10,
+                     help="steps between metrics.jsonl rows; each row holds the means over those steps")
+    out.add_argument("--early-stop", type=non_negative_int, default=0,
+                     help="stop once the validation RSUM has not improved for this many epochs (0: never); the "
+                          "best student is kept in RUN/student_<loss>_best either way")
     out.add_argument("--rerank-k", type=positive_int,
                      help=f"student candidates the teacher re-ranks per query (default {RUN_DEFAULTS['rerank_k']})")
     out.add_argument("--teacher-eval-max-pairs", type=non_negative_int, default=300_000,
@@ -127,11 +144,107 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# settings a resumed run may change: where and how fast it runs, how often it saves and logs, how long it trains
+RESUMABLE = ("device", "threads", "workers", "epochs", "save_every", "keep_checkpoints", "log_every", "early_stop",
+             "eval_batch_size", "teacher_batch_size", "teacher_eval_max_pairs", "images", "cache_dir", "no_progress")
+# flags naming files: compared and restored as absolute paths (relative ones against the run's working folder)
+PATH_SETTINGS = ("data", "images", "eval_data", "teacher", "teacher_tokenizer", "cache_dir", "student")
+NOT_RESTORED = ("resume", "resume_checkpoint", "demo", "out", "resumed_overrides")
+
+
+def flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def explicit_flags(argv: Optional[Sequence[str]]) -> dict[str, Any]:
+    """The settings given on the command line (whatever their value), as parsed values by destination."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def absolute(dest: str, value: Any, base: str) -> Any:
+    if dest not in PATH_SETTINGS or not isinstance(value, str) or (dest == "student" and value in ("small", "teacher")):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def resume_target(resume: str) -> tuple[str, Optional[str]]:
+    """(run folder, checkpoint file or None) for --resume given a run folder or a checkpoint file."""
+    if os.path.isdir(resume):
+        folder, checkpoint = resume, None
+    elif os.path.isfile(resume):
+        # RUN/checkpoints/<name>/<file>.safetensors
+        folder, checkpoint = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(resume)))), resume
+    else:
+        raise FileNotFoundError(f"resume: no such run folder or checkpoint file: {resume}")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"resume: {folder} is not a run folder (no config.json)"
+                                + (f"; {resume} is not in RUN/checkpoints/<student>/" if checkpoint else ""))
+    return folder, checkpoint
+
+
+def saved_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"resume: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(config, dict) or config.get("mode") not in ("train", "demo") \
+            or not isinstance(config.get("args"), dict):
+        raise ValueError(f"resume: {path} is not the configuration of a python -m dcd_ext.train run")
+    return config
+
+
+def resumed_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], resume: str) -> argparse.Namespace:
+    """The saved settings of the run being resumed, with the allowed explicit flags applied; a flag that would
+    change any other setting is refused (nothing is written before this check)."""
+    folder, checkpoint = resume_target(resume)
+    config = saved_config(folder)
+    base = config.get("cwd") or os.getcwd()
+    if config["mode"] == "demo" and checkpoint:
+        raise ValueError("resume: the demo resumes from its run folder, not from one checkpoint file")
+    args = parser.parse_args([])
+    for dest, value in config["args"].items():
+        if dest in vars(args) and dest not in NOT_RESTORED:
+            setattr(args, dest, absolute(dest, value, base))
+    given = {k: v for k, v in explicit_flags(argv).items() if k != "resume"}
+    refused, overrides = [], {}
+    for dest, value in given.items():
+        if dest == "out":
+            if os.path.realpath(value) != os.path.realpath(folder):
+                refused.append(f"--out {value} (a resumed run continues in its own folder {folder})")
+            continue
+        saved = getattr(args, dest)
+        if absolute(dest, value, os.getcwd()) == saved:
+            continue
+        if dest in RESUMABLE:
+            overrides[dest] = value
+        else:
+            refused.append(f"{flag_name(dest)} {value} (the run used {saved})")
+    if refused:
+        raise ValueError(f"resume: {folder} is resumed with the settings in its config.json; these flags would change "
+                         f"them: {'; '.join(refused)}. A resume may change only "
+                         + ", ".join(flag_name(d) for d in RESUMABLE) + "; start a new run (--out) to change others")
+    for dest, value in overrides.items():
+        setattr(args, dest, value)
+    args.resume, args.resume_checkpoint, args.out = resume, checkpoint, folder
+    args.demo = config["mode"] == "demo"
+    args.resumed_overrides = overrides
+    return args
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.demo = args.data is None and args.teacher is None and args.student is None
-    if not args.demo:
+    if args.resume:
+        args = resumed_args(parser, argv, args.resume)
+    else:
+        args.resume_checkpoint, args.resumed_overrides = None, {}
+        args.demo = args.data is None and args.teacher is None and args.student is None
+    if not args.demo and not args.resume:
         if args.data is None:
             parser.error("--data is required unless running the built-in demo (no --data, --teacher, --student)")
         if args.loss == "dcd" and args.teacher is None:
@@ -146,4 +259,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.k is not None and args.teacher_pool is not None and args.mine_by == "teacher" \
             and args.teacher_pool < args.k:
         parser.error(f"--teacher-pool ({args.teacher_pool}) must be at least --k ({args.k})")
+    if args.early_stop and args.val_split == "none":
+        parser.error("--early-stop needs a validation split (--val-split)")
     return args

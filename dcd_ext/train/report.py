@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..files import write_text_atomically
+from ..files import write_atomically, write_text_atomically
 from .run_dir import RunDir
 
 
@@ -22,7 +22,7 @@ def split_rows(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, list[
 def save_figure(fig, run: RunDir, name: str) -> str:
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    fig.savefig(run.file(name), dpi=110)
+    write_atomically(run.file(name), lambda temp: fig.savefig(temp, dpi=110, format="png"))
     plt.close(fig)
     return name
 
