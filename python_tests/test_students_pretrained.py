@@ -114,8 +114,6 @@ def test_siglip_scale_above_clip_cap_is_kept_and_bias_is_saved_unchanged(siglip_
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_trained_student_saves_as_a_folder_transformers_and_load_student_read(kind, clip_dir, siglip_dir, tmp_path):
-    from transformers import AutoModel
-
     folder = clip_dir if kind == "clip" else siglip_dir
     student = load_student(str(folder)).train()
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
