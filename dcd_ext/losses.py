@@ -126,23 +126,30 @@ class Targets(NamedTuple):
 
 
 def check_batch(img: Tensor, txt: Tensor, image_ids, images, texts) -> Tensor:
-    """The image ids as an int64 tensor on the embeddings' device, after checking that the batch is one of B
-    rows everywhere (a ValueError naming the argument otherwise)."""
-    if not isinstance(img, Tensor) or not isinstance(txt, Tensor):
-        raise TypeError("img, txt: the embeddings must be tensors [B, D]")
-    if img.dim() != 2 or img.shape != txt.shape:
-        raise ValueError(f"img, txt: expected two [B, D] tensors of one shape; got {tuple(img.shape)} and "
-                         f"{tuple(txt.shape)}")
+    """The image ids as an int64 tensor on the embeddings' device, after checking that every part of the
+    batch describes the same B rows; a TypeError / ValueError naming the caller's argument otherwise.
+    ``images`` / ``texts`` may be None (losses without a teacher do not read them)."""
+    for name, t in (("img", img), ("txt", txt)):
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.dim() != 2:
+            what = f"a {t.dtype} tensor of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            raise TypeError(f"{name}: expected a floating [B, D] tensor of embeddings; got {what}")
+    if img.shape != txt.shape:
+        raise ValueError(f"img and txt: row i of each is a positive pair, so their shapes must be equal; got "
+                         f"{tuple(img.shape)} and {tuple(txt.shape)}")
     b = img.shape[0]
-    image_ids = torch.as_tensor(image_ids, device=img.device)
-    if image_ids.shape != (b,) or image_ids.dtype.is_floating_point or image_ids.dtype == torch.bool:
-        raise ValueError(f"image_ids: expected {b} integer ids (one per row); got {tuple(image_ids.shape)} "
-                         f"{image_ids.dtype}")
-    for name, values in (("images", images), ("texts", texts)):
-        if values is not None and len(values) != b:
-            raise ValueError(f"{name}: expected the batch's {b} raw items (row i is the pair images[i], texts[i]); "
-                             f"got {len(values)}")
-    return image_ids.long()
+    ids = torch.as_tensor(image_ids, device=img.device)
+    if ids.shape != (b,) or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"image_ids: expected an int64 tensor [{b}] (one image id per row); got {ids.dtype} of "
+                         f"shape {tuple(ids.shape)}")
+    for name, items in (("images", images), ("texts", texts)):
+        if items is None:
+            continue
+        if isinstance(items, str) or not hasattr(items, "__len__"):
+            raise TypeError(f"{name}: expected a list of the batch's {b} raw {name} (one per row, what the teacher "
+                            f"reads); got {type(items).__name__}")
+        if len(items) != b:
+            raise ValueError(f"{name}: expected {b} {name} (one per row of img/txt); got {len(items)}")
+    return ids.long()
 
 
 class StudentLoss(nn.Module):
@@ -358,6 +365,9 @@ class DCDLoss(StudentLoss):
         """Mining and teacher scores for [B, D] L2-normalised embeddings of row i's image and caption;
         ``images``/``texts`` are the raw batch the teacher reads, ``image_ids`` [B] mark rows of one image."""
         check_batch(img, txt, image_ids, images, texts)
+        for name, items in (("images", images), ("texts", texts)):
+            if items is None:
+                raise TypeError(f"{name}: DCDLoss needs the batch's raw {name} (what the teacher reads); got None")
         if img.shape[0] < 2:
             raise ValueError(f"img: a DCD step needs a batch of at least 2 rows; got {img.shape[0]}")
         start, self.teacher_pairs = time.perf_counter(), 0

@@ -207,7 +207,7 @@ def test_teacher_pointing_at_an_empty_folder_or_a_table_says_what_a_teacher_is(t
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"teacher: .*empty is a folder with neither config.json nor a \.ckpt file "
-                                         r"\(it is empty\); a teacher is a ViLT Hugging Face folder"):
+                                         r"\(it is empty\); a teacher is a ViLT or BLIP Hugging Face folder"):
         cli.teacher_kind(str(empty))
     table = tmp_path / "pairs.csv"
     table.write_text("image,caption\na.png,a cat\n")

@@ -217,7 +217,7 @@ def test_a_run_that_fails_to_start_leaves_no_folder_and_prints_one_line(tmp_path
     empty = tmp_path / "empty_teacher"
     empty.mkdir()
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="a teacher is a ViLT Hugging Face folder"):
+    with pytest.raises(ValueError, match="a teacher is a ViLT or BLIP Hugging Face folder"):
         main(["--data", table, "--teacher", str(empty), "--out", str(out), "--no-progress"])
     assert not out.exists()
     done = subprocess.run([sys.executable, "-m", "dcd_ext.train", "--data", str(tmp_path / "missing.csv"), "--loss",
