@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dcd_ext.candidate_loss import dynamic_weights  # the weights, shared with the logits-in candidate loss
 from dcd_ext.outputs import DCDLossOutput, DistillOutput
 
 NEG_INF = float("-inf")
@@ -88,37 +89,6 @@ def candidate_logits(anchors: Tensor, pool: Tensor, cand: Tensor, logit_scale: T
     dt = compute_dtype(anchors, pool)
     gathered = pool.to(dt)[cand.clamp_min(0)]  # [N, K+1, D]
     return logit_scale.to(dt) * torch.einsum("nd,nkd->nk", anchors.to(dt), gathered)
-
-
-def dynamic_weights(t: Tensor, z: Tensor, valid: Tensor, weighting: str) -> tuple[Tensor, Tensor]:
-    """Per-sample (distillation, hard) weights of docs/design.md section 3.3, detached."""
-    t, z = t.detach(), z.detach()
-    n = t.shape[0]
-    tm = t.masked_fill(~valid, NEG_INF)
-    zm = z.masked_fill(~valid, NEG_INF)
-    p1 = torch.softmax(tm, dim=1)
-    ent = -(torch.where(valid, p1 * torch.log_softmax(tm, dim=1), torch.zeros_like(p1))).sum(1)
-    mean_h = ent.mean()
-    e = ent / mean_h if float(mean_h) > 0 else torch.ones_like(ent)
-    sum_h = ent.sum()
-    frac = ent / sum_h if float(sum_h) > 0 else torch.zeros_like(ent)
-    rho = n * torch.softmax((1 - frac) ** 2, dim=0)
-    ce_s = torch.logsumexp(zm, dim=1) - z[:, 0]
-    ce_t = torch.logsumexp(tm, dim=1) - t[:, 0]
-    omega = 1 - torch.exp(-torch.clamp(ce_s / (ce_t + 1e-7), min=0))
-    ones = torch.ones_like(ent)
-    if weighting == "none":
-        return ones, ones
-    if weighting == "entropy":
-        return rho, e
-    if weighting == "wsl":
-        return omega, ones
-    if weighting == "dcd":
-        wd = rho * omega
-        mean_wd = wd.mean()
-        wd = wd / mean_wd if float(mean_wd) > 0 else torch.zeros_like(wd)
-        return wd, e
-    raise ValueError(f"weighting must be one of none, entropy, wsl, dcd; got {weighting!r}")
 
 
 def distill_loss(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, logit_scale: Tensor,
