@@ -148,6 +148,9 @@ BUILDERS = {"small": lambda cfg, folder: small_from_config(cfg), "vilt": vilt_fr
 
 
 def save_student(model: DualEncoder, out_dir: str) -> None:
+    if getattr(model, "is_cross_encoder", False):  # a fusion student (students/fusion.py)
+        model.save(out_dir)
+        return
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomically(os.path.join(out_dir, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=1))
     write_atomically(os.path.join(out_dir, WEIGHTS_FILE), lambda temp: save_model(model, temp))
@@ -160,7 +163,11 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"student: no {CONFIG_FILE} in {folder} (not a saved student folder)")
     with open(config_path) as f:
-        config = StudentConfig.from_dict(json.load(f))
+        raw = json.load(f)
+    if isinstance(raw, dict) and raw.get("kind") == "fusion":  # a shallow cross-encoder (students/fusion.py)
+        from .fusion import load_fusion_student
+        return load_fusion_student(folder, device)
+    config = StudentConfig.from_dict(raw)
     if config.kind not in BUILDERS:
         raise ValueError(f"student: unknown kind {config.kind!r} in {config_path}")
     model = BUILDERS[config.kind](config, folder)
@@ -169,4 +176,6 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
 
 
 def is_student_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
+    from .fusion import is_fusion_folder
+    return (os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))) \
+        or is_fusion_folder(path)
