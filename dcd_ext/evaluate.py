@@ -1,5 +1,6 @@
 """``python -m dcd_ext.evaluate``: Recall@1/5/10, RSUM and ms per query of a trained student (alone and with
-the teacher re-ranking its top candidates) and of the teacher, on one split.
+the teacher re-ranking its top candidates), of a fusion student (alone and re-ranking the student's top k:
+the cascade) and of the teacher, on one split.
 
     python -m dcd_ext.evaluate --student RUN/student_dcd --data dataset_coco.json --images ROOT
 
@@ -23,6 +24,10 @@ __all__ = ["evaluate_student", "evaluate_student_and_rerank", "evaluate_teacher"
 def build_parser():
     p = make_parser("python -m dcd_ext.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--student", help="saved student folder (a run's student_* folder)")
+    p.add_argument("--fusion", help="saved fusion student folder (a shallow cross-encoder, --student fusion): it "
+                   "scores every pair, and re-ranks the --student's top k (the cascade)")
+    p.add_argument("--cascade-k", default="10,50",
+                   help="depths at which the --fusion student re-ranks the --student's top k (comma-separated)")
     add_teacher_arguments(p)
     p.add_argument("--data", required=True, help="Karpathy split JSON or .csv/.tsv/.jsonl pair table")
     p.add_argument("--images", help="image root folder")
@@ -37,25 +42,49 @@ def build_parser():
     return p
 
 
+def evaluate_fusion_and_cascade(args, split, student, device) -> dict:
+    """``fusion``: the fusion student scoring every pair; ``cascade_top{k}``: the dual-encoder --student
+    retrieving and the fusion student re-ranking its top k (dcd_ext.retrieval.cascade)."""
+    from .retrieval.cascade import evaluate_cascade, evaluate_cross_encoder, is_cross_encoder, parse_depths
+    from .students import load_student
+
+    fusion = load_student(args.fusion, device)
+    if not is_cross_encoder(fusion):
+        build_parser().error(f"--fusion {args.fusion} is not a fusion student folder (train one with --student fusion)")
+    results = {}
+    results["fusion"], estimated = evaluate_cross_encoder(fusion, split, args.teacher_eval_max_pairs)
+    if estimated:
+        print(f"fusion: {split.num_images} x {split.num_captions} pairs exceed --teacher-eval-max-pairs; its "
+              "ms/query is estimated from a sample and its recalls are not computed", file=sys.stderr)
+    if student is not None:
+        results.update(evaluate_cascade(student, fusion, split, parse_depths(args.cascade_k), args.batch_size, device))
+    return results
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data import load_split
     from .files import write_text_atomically
     from .students import load_student
 
     args = build_parser().parse_args(argv)
-    if args.student is None and args.teacher is None:
-        build_parser().error("give --student, --teacher or both")
+    if args.student is None and args.teacher is None and args.fusion is None:
+        build_parser().error("give --student, --teacher, --fusion or several")
     device = resolve_device(args.device)
     split = load_split(args.data, args.images, args.split, args.max_captions, all_rows_without_split_column=True)
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     results: dict[str, dict] = {}
+    student = None
     if args.student:
         student = load_student(args.student, device)
+        if getattr(student, "is_cross_encoder", False):
+            build_parser().error(f"--student {args.student} is a fusion student: pass it as --fusion")
         if teacher is None:
             results["student"] = evaluate_student(student, split, args.batch_size, device)
         else:
             results["student"], results["student_rerank"] = evaluate_student_and_rerank(
                 student, teacher, split, args.rerank_k, args.batch_size, device)
+    if args.fusion:
+        results.update(evaluate_fusion_and_cascade(args, split, student, device))
     if teacher is not None:
         results["teacher"], estimated = evaluate_teacher(teacher, split, args.teacher_eval_max_pairs)
         if estimated:

@@ -20,6 +20,7 @@ from ..retrieval.metrics import format_table
 from ..students import save_student
 from .checkpoint import latest_checkpoint
 from .components import build_student_from_args, load_data_from_args, make_loss, settings_from_args
+from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, train_student
 from .params import parse_args
 from .report import write_plots, write_report
@@ -53,8 +54,8 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
              + (f"; val {val.name} {val.num_images}" if val else ""))
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     torch.manual_seed(args.seed)
-    name = f"student_{args.loss}"
-    student = build_student_from_args(args, train)
+    name = run_name(args) if is_fusion_run(args) else f"student_{args.loss}"
+    student = build_student_from_args(args, train, teacher)
     checkpoint = args.resume_checkpoint or (latest_checkpoint(run.file("checkpoints", name)) if args.resume else None)
     summary = train_student(name, student, make_loss(args, teacher, world.rank), train, val,
                             settings_from_args(args, device), run, checkpoint, world)
@@ -63,7 +64,9 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
     save_student(student, run.file(name))
 
     results = {}
-    if teacher is None:
+    if is_fusion_run(args):  # a cross-encoder student: it and the teacher score every test pair
+        results = fusion_results(name, student, teacher, test, args)
+    elif teacher is None:
         results[name] = evaluate_student(student, test, args.eval_batch_size, device)
     else:
         results[name], results[f"{name}_rerank"] = evaluate_student_and_rerank(

@@ -15,6 +15,7 @@ from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
                         is_student_folder, load_student)
 from ..students.small_towers import default_channels
+from .fusion import build_fusion_from_args, is_fusion_run, make_fusion_loss
 from .loop import TrainSettings
 from .run_dir import get_logger
 
@@ -44,8 +45,11 @@ def load_data_from_args(args: argparse.Namespace) -> tuple[RetrievalSet, Optiona
     return train, val, test
 
 
-def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> DualEncoder:
+def build_student_from_args(args: argparse.Namespace, train: RetrievalSet, teacher=None) -> DualEncoder:
+    """``teacher``: the loaded teacher (a fusion student shares its frozen encoders)."""
     spec = args.student
+    if is_fusion_run(args):
+        return build_fusion_from_args(args, teacher)
     if spec == "small":
         return build_small_student(train.captions, embed_dim=args.embed_dim, image_size=args.image_size,
                                    image_channels=default_channels(args.image_size), width=args.student_width,
@@ -67,6 +71,8 @@ def make_loss(args: argparse.Namespace, teacher, rank: int = 0) -> torch.nn.Modu
     """``rank``: each process of a multi-process run draws its own teacher pools."""
     if args.loss == "contrastive":
         return ContrastiveLoss(args.queue_size)
+    if is_fusion_run(args):
+        return make_fusion_loss(args, teacher, rank)
     return DCDLoss(teacher, k=args.k, alpha=args.alpha, temperature=args.temperature, kind=args.distill_kind,
                    weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
                    teacher_pool=args.teacher_pool, queue_size=args.queue_size, seed=args.seed + 1_000_003 * rank)

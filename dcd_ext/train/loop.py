@@ -67,7 +67,9 @@ class Interrupted(Exception):
 
 
 def loss_terms(out) -> dict[str, float]:
-    row = {"loss": out.loss.item(), "con": out.con.item()}
+    row = {"loss": out.loss.item()}
+    if out.con is not None:  # a cross-encoder (fusion) student's loss has no contrastive term
+        row["con"] = out.con.item()
     for key in ("dist", "hard"):
         if getattr(out, key) is not None:
             row[key] = getattr(out, key).item()
@@ -106,15 +108,19 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     device = settings.device
     student.to(device)
     check_layout(settings, world)
-    loader = make_train_loader(train_split, BatchCollator(student.image_transform, student.tokenizer),
-                               settings.batch_size, settings.seed, settings.workers, world.rank, world.size)
+    # a loss may bring its own collator and step (dcd_ext.fusion_loss: a cross-encoder student reads raw rows)
+    collate = loss_fn.collator() if hasattr(loss_fn, "collator") else BatchCollator(student.image_transform,
+                                                                                    student.tokenizer)
+    loader = make_train_loader(train_split, collate, settings.batch_size, settings.seed, settings.workers,
+                               world.rank, world.size)
     per_epoch = steps_per_epoch(train_split, settings.batch_size)
     total = per_epoch * settings.epochs
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 20)
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
     model = wrap_for_world(student, world, device)
-    runner = StepRunner(model, student, loss_fn, device, settings.precision, settings.accum_steps, world, scaler)
+    runner = getattr(loss_fn, "step_runner", StepRunner)(model, student, loss_fn, device, settings.precision,
+                                                         settings.accum_steps, world, scaler)
     ckpt_dir = run.checkpoint_dir(run_name)
     facts = schedule_facts(settings, world, total, warmup)
 
@@ -184,7 +190,8 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 if world.is_main and (global_step % settings.log_every == 0 or step_in_epoch == per_epoch):
                     run.log_metrics({"run": run_name, "epoch": epoch + step_in_epoch / per_epoch, "step": global_step,
-                                     "lr": lr, "logit_scale": student.logit_scale.item(),
+                                     "lr": lr, **({"logit_scale": student.logit_scale.item()}
+                                                  if hasattr(student, "logit_scale") else {}),
                                      "teacher_pairs": pairs, **row})
                 if settings.save_every and global_step % settings.save_every == 0 and step_in_epoch < per_epoch:
                     checkpoint(f"step_{global_step:07d}.safetensors", epoch, step_in_epoch, global_step)

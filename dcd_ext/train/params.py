@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from ..cli import (add_device_argument, add_precision_argument, add_teacher_arguments, make_parser,
                    non_negative_int, positive_float, positive_int, unit_float)
 from ..loss_options import KINDS, WEIGHTINGS
+from .fusion import add_fusion_arguments, check_fusion_args
 
 RUN_DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-4, "k": 7, "alpha": 0.2, "image_size": 224,
                 "embed_dim": 256, "student_width": 256, "student_layers": 4, "teacher_pool": 32,
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_arguments(model)
     model.add_argument("--student", default=None,
                        help="student: 'small' (configurable towers), 'teacher' (towers initialised from the "
-                            "teacher's weights), or a saved student folder (default: small)")
+                            "teacher's weights), 'fusion' (a shallow cross-encoder: a subset of the teacher's "
+                            "joint layers on its frozen encoders, see --fusion-layers), or a saved student folder "
+                            "(default: small)")
     model.add_argument("--embed-dim", type=positive_int, help="joint embedding size D "
                        f"(default {RUN_DEFAULTS['embed_dim']})")
     model.add_argument("--image-size", type=positive_int,
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", help="where the demo keeps its trained teacher "
                       "(default: $DCD_CACHE or ~/.cache/dcd_ext)")
     demo.add_argument("--retrain-teacher", action="store_true", help="demo: train the teacher even if cached")
+    add_fusion_arguments(p)
     return p
 
 
@@ -143,4 +147,5 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.k is not None and args.teacher_pool is not None and args.mine_by == "teacher" \
             and args.teacher_pool < args.k:
         parser.error(f"--teacher-pool ({args.teacher_pool}) must be at least --k ({args.k})")
+    check_fusion_args(parser, args)
     return args
