@@ -290,8 +290,9 @@ def test_evaluate_and_speed_report_fusion_and_cascade(vilt2, tmp_path, capsys):
                                                                    + 100 * costs["joint_ms_per_pair"])
     assert large["cascade_top50_ms_per_query"] == pytest.approx(large["student_ms_per_query"]
                                                                 + 50 * fusion["rerank_ms_per_candidate"])
-    assert measured["cascade_top50_ms_per_query"] == pytest.approx(measured["student_ms_per_query"]
-                                                                   + 3 * fusion["rerank_ms_per_candidate"])
+    assert measured["cascade_top2_ms_per_query"] == pytest.approx(measured["student_ms_per_query"]
+                                                                  + 2 * fusion["rerank_ms_per_candidate"])
+    assert fusion["rerank_candidates_measured"] == 3
     assert fusion["layers"] == [0] and fusion["teacher_layers"] == 1
 
 

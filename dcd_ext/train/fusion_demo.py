@@ -32,9 +32,9 @@ class FusionPreset:
 
 
 FUSION_PRESETS = {
-    "tiny": FusionPreset(epochs=1, lr=1e-4, k=3, teacher_pool=6),
+    "tiny": FusionPreset(epochs=1, lr=3e-3, k=3, teacher_pool=6),
     # the authors' pool of 15 random in-batch negatives, the top 7 kept
-    "default": FusionPreset(epochs=10, lr=1e-4, k=7, teacher_pool=15),
+    "default": FusionPreset(epochs=10, lr=3e-3, k=7, teacher_pool=15),
 }
 
 
