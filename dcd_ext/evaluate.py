@@ -1,5 +1,6 @@
 """``python -m dcd_ext.evaluate``: Recall@1/5/10, RSUM and ms per query of a trained student (alone and with
-the teacher re-ranking its top candidates) and of the teacher, on one split.
+the teacher re-ranking its top candidates), of a fusion student (alone and re-ranking the student's top k:
+the cascade) and of the teacher, on one split.
 
     python -m dcd_ext.evaluate --student RUN/student_dcd --data dataset_coco.json --images ROOT
     python -m dcd_ext.evaluate --student RUN --data dataset_coco.json --images ROOT   # the run's best student
@@ -30,6 +31,11 @@ def build_parser():
                    help="which student of a run: best (RUN/student_<loss>_best, the best validation RSUM) or last "
                         "(the final one); default: best when the run kept one. With a student folder, best takes "
                         "its <folder>_best sibling")
+    p.add_argument("--student", help="saved student folder (a run's student_* folder)")
+    p.add_argument("--fusion", help="saved fusion student folder (a shallow cross-encoder, --student fusion): it "
+                   "scores every pair, and re-ranks the --student's top k (the cascade)")
+    p.add_argument("--cascade-k", default="10,50",
+                   help="depths at which the --fusion student re-ranks the --student's top k (comma-separated)")
     add_teacher_arguments(p)
     p.add_argument("--data", required=True, help="Karpathy split JSON or .csv/.tsv/.jsonl pair table")
     p.add_argument("--images", help="image root folder")
@@ -87,6 +93,25 @@ def pick_student(path: str, pick: Optional[str]) -> tuple[str, str]:
     return best, best_note(best)
 
 
+def evaluate_fusion_and_cascade(args, split, student, device) -> dict:
+    """``fusion``: the fusion student scoring every pair; ``cascade_top{k}``: the dual-encoder --student
+    retrieving and the fusion student re-ranking its top k (dcd_ext.retrieval.cascade)."""
+    from .retrieval.cascade import evaluate_cascade, evaluate_cross_encoder, is_cross_encoder, parse_depths
+    from .students import load_student
+
+    fusion = load_student(args.fusion, device)
+    if not is_cross_encoder(fusion):
+        build_parser().error(f"--fusion {args.fusion} is not a fusion student folder (train one with --student fusion)")
+    results = {}
+    results["fusion"], estimated = evaluate_cross_encoder(fusion, split, args.teacher_eval_max_pairs)
+    if estimated:
+        print(f"fusion: {split.num_images} x {split.num_captions} pairs exceed --teacher-eval-max-pairs; its "
+              "ms/query is estimated from a sample and its recalls are not computed", file=sys.stderr)
+    if student is not None:
+        results.update(evaluate_cascade(student, fusion, split, parse_depths(args.cascade_k), args.batch_size, device))
+    return results
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data import load_split
     from .files import write_text_atomically
@@ -94,8 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .text_coverage import coverage_warnings
 
     args = build_parser().parse_args(argv)
-    if args.student is None and args.teacher is None:
-        build_parser().error("give --student, --teacher or both")
+    if args.student is None and args.teacher is None and args.fusion is None:
+        build_parser().error("give --student, --teacher, --fusion or several")
     if args.pick and not args.student:
         build_parser().error("--pick needs --student")
     student_dir = None
@@ -106,8 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split = load_split(args.data, args.images, args.split, args.max_captions, all_rows_without_split_column=True)
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     results: dict[str, dict] = {}
+    student = None
     if student_dir:
         student = load_student(student_dir, device)
+        if getattr(student, "is_cross_encoder", False):
+            build_parser().error(f"--student {args.student} is a fusion student: pass it as --fusion")
         for message in coverage_warnings(split.captions, student, teacher):
             print(f"warning: {message}", file=sys.stderr)
         if teacher is None:
@@ -115,6 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             results["student"], results["student_rerank"] = evaluate_student_and_rerank(
                 student, teacher, split, args.rerank_k, args.batch_size, device)
+    if args.fusion:
+        results.update(evaluate_fusion_and_cascade(args, split, student, device))
     if teacher is not None:
         if not student_dir:
             for message in coverage_warnings(split.captions, None, teacher):

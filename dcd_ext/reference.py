@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dcd_ext.candidate_loss import dynamic_weights, lse_minus_first  # shared with the logits-in candidate loss
 from dcd_ext.outputs import DCDLossOutput, DistillOutput
 
 NEG_INF = float("-inf")
@@ -88,52 +89,6 @@ def candidate_logits(anchors: Tensor, pool: Tensor, cand: Tensor, logit_scale: T
     dt = compute_dtype(anchors, pool)
     gathered = pool.to(dt)[cand.clamp_min(0)]  # [N, K+1, D]
     return logit_scale.to(dt) * torch.einsum("nd,nkd->nk", anchors.to(dt), gathered)
-
-
-def lse_minus_first(x: Tensor, valid: Tensor) -> Tensor:
-    """``logsumexp`` of each row's valid slots minus slot 0, without cancellation.
-
-    It equals ``softplus(L - x_0)`` with ``L`` the log-sum-exp of the other valid slots. Where slot 0
-    dominates the value is tiny (4.1e-7 for x = [11.53, -3.18]) and the plain difference rounds to 0 in
-    float32.
-    """
-    others = valid[:, 1:]
-    has_others = others.any(1)
-    # rows without another valid slot take a finite placeholder, so their (unused) gradient is 0, not NaN
-    lse_others = torch.logsumexp(torch.where(has_others.unsqueeze(1), x[:, 1:].masked_fill(~others, NEG_INF),
-                                             torch.zeros_like(x[:, 1:])), dim=1)
-    gap = torch.where(has_others, lse_others - x[:, 0], torch.full_like(lse_others, NEG_INF))
-    return torch.logaddexp(torch.zeros_like(gap), gap)
-
-
-def dynamic_weights(t: Tensor, z: Tensor, valid: Tensor, weighting: str) -> tuple[Tensor, Tensor]:
-    """Per-sample (distillation, hard) weights of docs/design.md section 3.3, detached."""
-    t, z = t.detach(), z.detach()
-    n = t.shape[0]
-    tm = t.masked_fill(~valid, NEG_INF)
-    p1 = torch.softmax(tm, dim=1)
-    ent = -(torch.where(valid, p1 * torch.log_softmax(tm, dim=1), torch.zeros_like(p1))).sum(1)
-    mean_h = ent.mean()
-    e = ent / mean_h if float(mean_h) > 0 else torch.ones_like(ent)
-    sum_h = ent.sum()
-    frac = ent / sum_h if float(sum_h) > 0 else torch.zeros_like(ent)
-    rho = n * torch.softmax((1 - frac) ** 2, dim=0)
-    ce_s = lse_minus_first(z, valid)
-    ce_t = lse_minus_first(t, valid)
-    omega = -torch.expm1(-torch.clamp(ce_s / (ce_t + 1e-7), min=0))
-    ones = torch.ones_like(ent)
-    if weighting == "none":
-        return ones, ones
-    if weighting == "entropy":
-        return rho, e
-    if weighting == "wsl":
-        return omega, ones
-    if weighting == "dcd":
-        wd = rho * omega
-        mean_wd = wd.mean()
-        wd = wd / mean_wd if float(mean_wd) > 0 else torch.zeros_like(wd)
-        return wd, e
-    raise ValueError(f"weighting must be one of none, entropy, wsl, dcd; got {weighting!r}")
 
 
 def distill_loss(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, logit_scale: Tensor,

@@ -37,10 +37,12 @@ from PIL import Image
 from .cli import (add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device, run_command_line,
                   teacher_kind)
 from .files import write_text_atomically
+from .fusion_speed import add_fusion_speed_arguments, fusion_markdown, fusion_report, fusion_row
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
 TARGET_SPEEDUP = 1000.0
 EMBED_DIM = 256
+FUSION_TEACHERS = ("vilt", "meter")  # the teachers build_fusion_student cuts a student from
 
 
 @dataclass
@@ -202,8 +204,10 @@ def measure_rerank(teacher, images, queries, top: torch.Tensor, device) -> float
 
 
 def report_one(setup: Setup, gallery_measured: int, gallery: int, num_queries: int, k: int,
-               amortise_over: int, device: torch.device, images: Optional[list[Image.Image]] = None) -> dict:
-    """``images``: the gallery images to time on (default: ``gallery_measured`` random photos)."""
+               amortise_over: int, device: torch.device, images: Optional[list[Image.Image]] = None,
+               fusion_layers: Optional[str] = None, cascade_depths: Sequence[int] = (10, 50)) -> dict:
+    """``images``: the gallery images to time on (default: ``gallery_measured`` random photos). The fusion
+    student and the cascade are measured for the teachers a fusion student can be cut from (ViLT, METER)."""
     setup.teacher.to(device)
     setup.student.to(device)
     images = images if images is not None else gallery_photos(gallery_measured, setup.image_hw)
@@ -233,11 +237,18 @@ def report_one(setup: Setup, gallery_measured: int, gallery: int, num_queries: i
                 "speedup_student_rerank": teacher_ms(g) / (student_ms + rerank_ms)}
 
     at_large = sizes(gallery, student["topk_ms_gallery"], True)
-    return {"teacher": setup.kind, "config": setup.description,
-            "measured": {"teacher": teacher, "student": student, "rerank_ms_per_query": rerank_measured,
-                         "rerank_candidates_measured": min(k, gallery_measured)},
-            "rows": [sizes(gallery_measured, student["topk_ms_measured_gallery"], False), at_large],
-            "meets_target": at_large["speedup_student"] >= TARGET_SPEEDUP}
+    result = {"teacher": setup.kind, "config": setup.description,
+              "measured": {"teacher": teacher, "student": student, "rerank_ms_per_query": rerank_measured,
+                           "rerank_candidates_measured": min(k, gallery_measured)},
+              "rows": [sizes(gallery_measured, student["topk_ms_measured_gallery"], False), at_large],
+              "meets_target": at_large["speedup_student"] >= TARGET_SPEEDUP}
+    if setup.kind in FUSION_TEACHERS:
+        # the shallow cross-encoder (fusion) student and the cascade (student retrieves, fusion re-ranks)
+        result["fusion"] = fusion_report(setup, images, queries, top, device, measure_teacher, measure_rerank,
+                                         fusion_layers, cascade_depths)
+        for row in result["rows"]:
+            row.update(fusion_row(result, row))
+    return result
 
 
 def extrapolation_note(gallery_measured: int, gallery: int, k: int) -> str:
@@ -289,6 +300,7 @@ def build_parser():
                         "stalls that inflate small operations like a batch-1 query")
     p.add_argument("--tiny", action="store_true", help="tiny random configurations (seconds; for tests)")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    add_fusion_speed_arguments(p)
     return p
 
 
@@ -313,18 +325,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    from .retrieval.cascade import parse_depths
+    cascade_depths = parse_depths(args.cascade_k)
     results = []
     if own:
         setup = user_setup(args, device)
         results.append({**report_one(setup, args.gallery_measured, args.gallery, args.queries, args.k,
-                                     args.amortise_over, device, images),
+                                     args.amortise_over, device, images, args.fusion_layers, cascade_depths),
                         "student_path": os.path.abspath(args.student), "teacher_path": os.path.abspath(args.teacher)})
         del setup
     for kind in kinds:
         with tempfile.TemporaryDirectory() as workdir:
             setup = SETUPS[kind](args.tiny, workdir)
             results.append(report_one(setup, args.gallery_measured, args.gallery, args.queries, args.k,
-                                      args.amortise_over, device, images))
+                                      args.amortise_over, device, images, args.fusion_layers, cascade_depths))
         del setup
     report = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "tiny": args.tiny,
@@ -335,6 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "extrapolation": extrapolation_note(len(images) if images is not None else args.gallery_measured,
                                                   args.gallery, args.k), "results": results}
     print(markdown(report))
+    print("\n" + fusion_markdown(report, fmt_ms))
     print(f"\nExtrapolated: {report['extrapolation']}.")
     for result in results:
         verdict = "meets" if result["meets_target"] else "misses"

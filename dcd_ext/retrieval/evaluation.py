@@ -13,6 +13,7 @@ Every image and every caption is a query once (images query captions, captions q
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -55,6 +56,8 @@ def with_time(metrics: dict, seconds: float, split: RetrievalSet) -> dict:
 
 
 def evaluate_student(student, split: RetrievalSet, batch_size: int = 256, device="cpu") -> dict:
+    if getattr(student, "is_cross_encoder", False):  # a fusion student ranks by scoring pairs
+        return evaluate_cross_encoder_subset(student, split)
     i2t, t2i, seconds = student_rankings(student, split, DEPTH, batch_size, device)
     return with_time(recall_at_k(i2t, t2i, split.caption_image), seconds, split)
 
@@ -90,3 +93,25 @@ def evaluate_teacher(teacher, split: RetrievalSet, max_pairs: int = 300_000, sam
     score_split_pairs(teacher, split, pairs)
     per_pair = (time.perf_counter() - start) / count
     return with_time(empty_metrics(), per_pair * n * m, split), True
+
+
+def evaluate_cross_encoder_subset(model, split: RetrievalSet, max_pairs: int = 300_000) -> dict:
+    """All-pairs metrics of a cross-encoder on the split, or, when it has more than ``max_pairs`` pairs, on
+    its first images (with all their captions) that stay within ``max_pairs`` (a warning says so). This is
+    what ``evaluate_student`` does with a fusion student (per-epoch validation)."""
+    n = split.num_images
+    owners = split.caption_image
+    if n * split.num_captions > max_pairs:
+        keep, captions = 0, 0
+        counts = [0] * n
+        for i in owners:
+            counts[i] += 1
+        while keep < n and (keep + 1) * (captions + counts[keep]) <= max_pairs:
+            captions += counts[keep]
+            keep += 1
+        keep = max(keep, 2)
+        warnings.warn(f"{split.name}: {n} x {split.num_captions} pairs exceed {max_pairs}; the cross-encoder is "
+                      f"evaluated on its first {keep} images and their captions", stacklevel=2)
+        split = split.subset(range(keep), f"{split.name}[:{keep}]")
+    metrics, _ = evaluate_teacher(model, split, max_pairs=split.num_images * split.num_captions)
+    return metrics

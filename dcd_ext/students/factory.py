@@ -136,6 +136,9 @@ BUILDERS = {"small": lambda cfg, folder: small_from_config(cfg), "vilt": vilt_fr
 
 
 def save_student(model: DualEncoder, out_dir: str) -> None:
+    if getattr(model, "is_cross_encoder", False):  # a fusion student (students/fusion.py)
+        model.save(out_dir)
+        return
     if model.config.kind in ("clip", "siglip"):
         from .hf_dual import save_hf_student
         return save_hf_student(model, out_dir)
@@ -152,13 +155,16 @@ def save_student(model: DualEncoder, out_dir: str) -> None:
 def student_folder_kind(path: str) -> Optional[str]:
     """What kind of student folder ``path`` is: ``"saved"`` (config.json of a :class:`StudentConfig` and
     model.safetensors), ``"clip"`` / ``"siglip"`` (a transformers folder of that ``model_type``),
-    ``"open_clip"`` (an open_clip local-dir folder), or None."""
+    ``"open_clip"`` (an open_clip local-dir folder), ``"fusion"`` (a saved fusion student), or None."""
     from ..hf_folders import folder_model_type
+    from .fusion import is_fusion_folder
     from .hf_dual import HF_KINDS
     from .open_clip_student import is_open_clip_folder
 
     if not os.path.isdir(path):
         return None
+    if is_fusion_folder(path):
+        return "fusion"
     model_type = folder_model_type(path)
     if model_type in HF_KINDS:
         return model_type
@@ -190,7 +196,11 @@ def load_student(folder: str, device: str | torch.device = "cpu") -> DualEncoder
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"student: no {CONFIG_FILE} in {folder} (not a saved student folder)")
     with open(config_path) as f:
-        config = StudentConfig.from_dict(json.load(f))
+        raw = json.load(f)
+    if isinstance(raw, dict) and raw.get("kind") == "fusion":  # a shallow cross-encoder (students/fusion.py)
+        from .fusion import load_fusion_student
+        return load_fusion_student(folder, device)
+    config = StudentConfig.from_dict(raw)
     if config.kind not in BUILDERS:
         raise ValueError(f"student: unknown kind {config.kind!r} in {config_path}")
     model = BUILDERS[config.kind](config, folder)
@@ -217,5 +227,6 @@ def student_fingerprint(model: DualEncoder) -> str:
 
 
 def is_student_folder(path: str) -> bool:
-    """A folder :func:`load_student` reads: a saved student or a pretrained CLIP / SigLIP / open_clip folder."""
+    """A folder :func:`load_student` reads: a saved student (a dual encoder or a fusion student) or a
+    pretrained CLIP / SigLIP / open_clip folder."""
     return student_folder_kind(path) is not None

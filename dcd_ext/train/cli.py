@@ -28,6 +28,7 @@ from ..text_coverage import coverage_warnings
 from .checkpoint import check_checkpoint_fits, latest_checkpoint
 from .components import (build_student_from_args, load_data_from_args, make_loss, screen_images,
                          settings_from_args, skipped_images_text)
+from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, check_layout, train_student
 from .params import parse_args
 from .report import write_plots, write_report
@@ -60,15 +61,16 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
              + (f"; val {val.name} {val.num_images}" if val else ""))
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     torch.manual_seed(args.seed)
-    name = f"student_{args.loss}"
-    student = build_student_from_args(args, train)
+    name = run_name(args) if is_fusion_run(args) else f"student_{args.loss}"
+    student = build_student_from_args(args, train, teacher)
     loss_fn = make_loss(args, teacher, world.rank)
     settings = settings_from_args(args, device)
     check_layout(settings, world)
     if world.is_main:
-        for message in coverage_warnings(train.captions, student, teacher, "training captions"):
+        dual = None if getattr(student, "is_cross_encoder", False) else student  # a fusion student reads as its teacher
+        for message in coverage_warnings(train.captions, dual, teacher, "training captions"):
             log.warning(message)
-        for message in coverage_warnings(test.captions, student, None, "evaluation captions"):
+        for message in coverage_warnings(test.captions, dual, None, "evaluation captions"):
             log.warning(message)
     checkpoint = resume_checkpoint(args, run, name)
     if checkpoint is not None:
@@ -86,7 +88,9 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
     save_student(student, run.file(name))
 
     results = {}
-    if teacher is None:
+    if is_fusion_run(args):  # a cross-encoder student: it and the teacher score every test pair
+        results = fusion_results(name, student, teacher, test, args)
+    elif teacher is None:
         results[name] = evaluate_student(student, test, args.eval_batch_size, device)
     else:
         results[name], results[f"{name}_rerank"] = evaluate_student_and_rerank(

@@ -17,6 +17,7 @@ from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
                         is_student_folder, load_student)
 from ..students.small_towers import default_channels
+from .fusion import build_fusion_from_args, is_fusion_run, make_fusion_loss
 from .loop import TrainSettings
 from .run_dir import get_logger
 
@@ -95,8 +96,11 @@ def skipped_images_text(skipped: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> DualEncoder:
+def build_student_from_args(args: argparse.Namespace, train: RetrievalSet, teacher=None) -> DualEncoder:
+    """``teacher``: the loaded teacher (a fusion student shares its frozen encoders)."""
     spec = args.student
+    if is_fusion_run(args):
+        return build_fusion_from_args(args, teacher)
     weights = getattr(args, "student_weights", None)
     if spec.startswith(OPEN_CLIP_PREFIX):
         from ..students.open_clip_student import build_open_clip_student
@@ -120,14 +124,16 @@ def build_student_from_args(args: argparse.Namespace, train: RetrievalSet) -> Du
         return build_meter_student(args.teacher, tokenizer, embed_dim=args.embed_dim)
     if os.path.isdir(spec) and is_student_folder(spec):
         return load_student(spec).train()
-    raise ValueError(f"student: expected 'small', 'teacher', a saved student folder, a CLIP or SigLIP folder or "
-                     f"{OPEN_CLIP_PREFIX}ARCH; got {spec!r}")
+    raise ValueError(f"student: expected 'small', 'teacher', 'fusion', a saved student folder, a CLIP or SigLIP "
+                     f"folder or {OPEN_CLIP_PREFIX}ARCH; got {spec!r}")
 
 
 def make_loss(args: argparse.Namespace, teacher, rank: int = 0) -> torch.nn.Module:
     """``rank``: each process of a multi-process run draws its own teacher pools."""
     if args.loss == "contrastive":
         return ContrastiveLoss(args.queue_size)
+    if is_fusion_run(args):
+        return make_fusion_loss(args, teacher, rank)
     return DCDLoss(teacher, k=args.k, alpha=args.alpha, temperature=args.temperature, kind=args.distill_kind,
                    weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
                    teacher_pool=args.teacher_pool, queue_size=args.queue_size, seed=args.seed + 1_000_003 * rank)

@@ -230,6 +230,10 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
     student = load_student(run.file("student_dcd"), device)
     results["student_dcd"], results["student_dcd_rerank"] = evaluate_student_and_rerank(
         student, teacher, test, preset.rerank_k, args.eval_batch_size, device)
+    if args.demo_fusion:  # the shallow cross-encoder students and the cascade (fusion_demo.py)
+        from .fusion_demo import run_fusion_demo
+        fusion_results, fusion_text = run_fusion_demo(args, run, device, preset, teacher, train, val, test, student)
+        results.update(fusion_results)
     run.write_json("results.json", results)
 
     wall = time.perf_counter() - started
@@ -254,6 +258,8 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
                     f"{summaries['student_dcd']['teacher_pairs']} pairs in "
                     f"{summaries['student_dcd']['teacher_seconds']:.0f} s."),
     ]
+    if args.demo_fusion:
+        sections.insert(1, ("Fusion students", fusion_text))
     write_report(run, "DCD demo", command, sections, results, plots)
     print(f"\nDCD demo ({args.demo_size}) on {device}: test split {test.num_images} images, "
           f"{test.num_captions} captions")

@@ -77,7 +77,9 @@ class Interrupted(Exception):
 
 
 def loss_terms(out) -> dict[str, float]:
-    row = {"loss": out.loss.item(), "con": out.con.item()}
+    row = {"loss": out.loss.item()}
+    if out.con is not None:  # a cross-encoder (fusion) student's loss has no contrastive term
+        row["con"] = out.con.item()
     for key in ("dist", "hard"):
         if getattr(out, key) is not None:
             row[key] = getattr(out, key).item()
@@ -161,15 +163,19 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     warning = negatives_warning(loss_fn, settings, world)
     if warning and world.is_main:
         log.warning(f"[{run_name}] {warning}")
-    loader = make_train_loader(train_split, BatchCollator(student.image_transform, student.tokenizer),
-                               settings.batch_size, settings.seed, settings.workers, world.rank, world.size)
+    # a loss may bring its own collator and step (dcd_ext.fusion_loss: a cross-encoder student reads raw rows)
+    collate = loss_fn.collator() if hasattr(loss_fn, "collator") else BatchCollator(student.image_transform,
+                                                                                    student.tokenizer)
+    loader = make_train_loader(train_split, collate, settings.batch_size, settings.seed, settings.workers,
+                               world.rank, world.size)
     per_epoch = steps_per_epoch(train_split, settings.batch_size)
     total = per_epoch * settings.epochs
     warmup = settings.warmup if settings.warmup is not None else max(1, total // 20)
     optimizer = make_optimizer(student, settings.lr, settings.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
     model = wrap_for_world(student, world, device)
-    runner = StepRunner(model, student, loss_fn, device, settings.precision, settings.accum_steps, world, scaler)
+    runner = getattr(loss_fn, "step_runner", StepRunner)(model, student, loss_fn, device, settings.precision,
+                                                         settings.accum_steps, world, scaler)
     ckpt_dir = run.checkpoint_dir(run_name)
     best_dir = run.file(f"{run_name}_best")
     facts = schedule_facts(settings, world, total, warmup)
@@ -269,7 +275,8 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
                     if world.is_main:
                         run.log_metrics({"run": run_name, "epoch": epoch + step_in_epoch / per_epoch,
                                          "step": global_step, "steps": window.steps, "lr": lr,
-                                         "logit_scale": student.logit_scale.item(),
+                                         **({"logit_scale": student.logit_scale.item()}
+                                            if hasattr(student, "logit_scale") else {}),
                                          "teacher_pairs": window.teacher_pairs, **window.means()})
                     window = Tally()
                 if settings.save_every and global_step % settings.save_every == 0 and step_in_epoch < per_epoch:

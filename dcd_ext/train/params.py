@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from ..cli import (add_device_argument, add_precision_argument, add_teacher_arguments, make_parser,
                    non_negative_int, positive_float, positive_int, unit_float)
 from ..loss_options import KINDS, WEIGHTINGS
+from .fusion import add_fusion_arguments, check_fusion_args
 
 RUN_DEFAULTS = {"epochs": 10, "batch_size": 128, "lr": 1e-4, "k": 7, "alpha": 0.2, "image_size": 224,
                 "embed_dim": 256, "student_width": 256, "student_layers": 4, "teacher_pool": 32,
@@ -58,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_arguments(model)
     model.add_argument("--student", default=None,
                        help="student: 'small' (configurable towers), 'teacher' (towers initialised from the "
-                            "teacher's weights), a saved student folder, a transformers CLIP or SigLIP folder, "
-                            "or open_clip:ARCH with --student-weights (default: small; docs/own_models.md)")
+                            "teacher's weights), 'fusion' (a shallow cross-encoder: a subset of the teacher's "
+                            "joint layers on its frozen encoders, see --fusion-layers), a saved student folder, a "
+                            "transformers CLIP or SigLIP folder, or open_clip:ARCH with --student-weights "
+                            "(default: small; docs/own_models.md)")
     model.add_argument("--student-weights", metavar="FILE",
                        help="--student open_clip:ARCH: the model's local checkpoint file")
     model.add_argument("--embed-dim", type=positive_int, help="joint embedding size D "
@@ -141,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", help="where the demo keeps its trained teacher "
                       "(default: $DCD_CACHE or ~/.cache/dcd_ext)")
     demo.add_argument("--retrain-teacher", action="store_true", help="demo: train the teacher even if cached")
+    add_fusion_arguments(p)
     return p
 
 
@@ -261,4 +265,5 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--teacher-pool ({args.teacher_pool}) must be at least --k ({args.k})")
     if args.early_stop and args.val_split == "none":
         parser.error("--early-stop needs a validation split (--val-split)")
+    check_fusion_args(parser, args)
     return args
