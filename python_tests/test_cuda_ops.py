@@ -131,15 +131,21 @@ def test_too_many_candidates_is_a_clear_error(entry, gen):
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_mixed_devices_are_a_clear_error(entry, gen):
+def test_mixed_devices_are_a_clear_error(entry, gen, monkeypatch):
     img = unit_rows(4, 8, gen)
     with pytest.raises(ValueError, match="keys is on cuda:0 but query is on cpu"):
         entry.similarity_topk(img, img.cuda(), 2)
     with pytest.raises(ValueError, match="logit_scale is on cpu but img is on cuda:0"):
         entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0))
+    monkeypatch.setenv("DCD_CHECK_INDICES", "1")  # the exact host check (CUDA checks on the device by default)
     with pytest.raises(IndexError, match=r"pos_row values must lie in \[-1, 4\), got \[0, 9\]"):
         entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0, device="cuda"),
                                torch.tensor([0, 9, 1, 2], device="cuda"), torch.arange(4, device="cuda"))
+    cand = torch.zeros(4, 3, dtype=torch.int64, device="cuda")
+    cand[2, 1] = 4
+    with pytest.raises(IndexError, match=r"cand values must lie in \[-1, 4\), got \[0, 4\]"):
+        entry.distill_loss(img.cuda(), img.cuda(), cand, torch.zeros(4, 3, device="cuda"),
+                           torch.tensor(1.0, device="cuda"))
 
 
 # ------------------------------------------------------- the chunked implementation (DCD_CUDA_IMPL=chunked)
