@@ -78,3 +78,27 @@ def test_chunked_backward_of_a_fused_forward(monkeypatch, gen):
     mixed = torch.autograd.grad(loss, (img, txt))
     for a, b in zip(mixed, fused):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["fused", "chunked"])
+def test_autocast_leaves_the_products_alone(impl, monkeypatch, gen):
+    """Under torch.autocast the ATen products inside the ops keep their dtypes: float32 stays float32."""
+    monkeypatch.setenv("DCD_CPU_IMPL", impl)
+    monkeypatch.setenv("DCD_CHUNK_COLS", "16")
+    n, d, k1 = 70, 40, 6
+    img, txt = unit_rows(n, d, gen), unit_rows(n, d, gen)
+    cand = torch.randint(0, n, (n, k1), generator=gen)
+    cand[:, 0] = torch.arange(n)
+    teacher = torch.randn(n, k1, generator=gen)
+
+    def run():
+        a, t = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        loss = ops.contrastive_loss(a, t, 20.0) + ops.distill_loss(a, t, cand, teacher, 20.0).hard
+        return (loss, *torch.autograd.grad(loss, (a, t)), ops.similarity_topk(img, txt, 5)[0])
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = run()
+    for x, y in zip(cast, plain):
+        assert x.dtype == y.dtype == torch.float32
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

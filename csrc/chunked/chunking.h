@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 namespace dcd {
 namespace chunked {
@@ -13,6 +14,12 @@ namespace chunked {
 // terms, anchors per chunk. DCD_CHUNK_COLS (a positive integer) overrides the default, which keeps one
 // [rows, chunk] float32 buffer near 2^26 elements (256 MiB). Always in [1, max(total, 1)].
 int64_t chunk_size(int64_t rows, int64_t total);
+
+// Every entry point holds one: the operators' own autocast fallthrough leaves autocast on for the ATen
+// calls inside, which would recast the products (bmm, mm) and break the accumulation dtypes chosen here.
+struct AutocastOff {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 // The two operands of the score products a @ b[c0 : c0 + cols]^T, prepared once per call. Scores come
 // out in `acc` (float32, or float64 when either input is float64). On CUDA, float16/bfloat16 operands

@@ -37,6 +37,7 @@ at::Tensor masked(const at::Tensor& s, const at::Tensor& keep) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) {
+  const AutocastOff no_autocast;
   const int64_t n = in.img.size(0), m = in.txt.size(0);
   const auto acc = acc_dtype(in.img, in.txt);
   const ScoreOperands ops(in.img, in.txt, acc);
@@ -57,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const ContrastiveInputs& in, const at::Tensor& g_row,
                                                                     const at::Tensor& lse_row, const at::Tensor& g_col,
                                                                     const at::Tensor& lse_col) {
+  const AutocastOff no_autocast;
   const int64_t n = in.img.size(0), m = in.txt.size(0);
   const auto acc = acc_dtype(in.img, in.txt);
   const ScoreOperands ops(in.img, in.txt, acc);

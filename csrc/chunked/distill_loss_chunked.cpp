@@ -107,6 +107,7 @@ at::Tensor row_grad(const at::Tensor& t, const at::Tensor& z, const at::Tensor& 
 }  // namespace
 
 at::Tensor distill_stats(const DistillInputs& in) {
+  const AutocastOff no_autocast;
   const Operands o(in);
   const auto kind = static_cast<DistillKind>(in.kind);
   auto stats = at::empty({o.n, 4}, o.x.options());
@@ -121,6 +122,7 @@ at::Tensor distill_stats(const DistillInputs& in) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs& in, const at::Tensor& coef_dist,
                                                             const at::Tensor& coef_hard) {
+  const AutocastOff no_autocast;
   const Operands o(in);
   const auto kind = static_cast<DistillKind>(in.kind);
   auto d_anchor = at::empty_like(o.x), d_pool = at::zeros_like(o.y);

@@ -36,6 +36,7 @@ std::tuple<at::Tensor, at::Tensor> unpack(const at::Tensor& keys) {
 
 std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                                                    const at::Tensor& query_ids, const at::Tensor& key_ids) {
+  const AutocastOff no_autocast;
   const int64_t n = query.size(0), m = keys.size(0);
   const float ninf = -std::numeric_limits<float>::infinity();
   auto values = at::full({n, k}, ninf, query.options().dtype(at::kFloat));
