@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== build"
-DCD_FORCE_CUDA=1 timeout "$(left 290)" python -m pip install --no-build-isolation --no-deps --force-reinstall . -q \
+DCD_FORCE_CUDA=1 timeout "$(left 270)" python -m pip install --no-build-isolation --no-deps --force-reinstall . -q \
   || { echo "build failed at ${SECONDS}s"; exit 1; }
 python -m dcd_ext.info
 wheels=(bench/wheels/*.whl)
