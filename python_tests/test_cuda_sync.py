@@ -99,10 +99,11 @@ BAD_INDEX_SCRIPT = textwrap.dedent("""
     import torch
     from dcd_ext import ops
     img = torch.nn.functional.normalize(torch.randn(4, 8, device="cuda"), dim=1)
+    scale, pos_row, pos_col = (torch.tensor(1.0, device="cuda"), torch.tensor([0, 9, 1, 2], device="cuda"),
+                               torch.arange(4, device="cuda"))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
-    loss = ops.contrastive_loss(img, img, torch.tensor(1.0, device="cuda"), torch.tensor([0, 9, 1, 2], device="cuda"),
-                                torch.arange(4, device="cuda"))
+    loss = ops.contrastive_loss(img, img, scale, pos_row, pos_col)
     torch.cuda.set_sync_debug_mode(0)
     print("returned without a sync", flush=True)
     torch.cuda.synchronize()
