@@ -71,6 +71,7 @@ def usable_arch_list(arch_list: str, targets: set[str]) -> str:
 def sources(with_cuda: bool) -> list[str]:
     found = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     found += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
+    found += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "chunked").glob("*.cpp"))
     if with_cuda:
         found += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cpp"))
         found += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))

@@ -10,6 +10,8 @@
 #include <c10/util/Exception.h>
 
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -119,10 +121,27 @@ struct IndexRange {
   int64_t lo, hi;
 };
 
-// Raises IndexError for the first range with a value outside it. Reads one flag per range to the host
-// in a single copy (one sync on CUDA for all of them); the offending extremes are read only on error.
+// DCD_CHECK_INDICES=1 forces the exact host check (IndexError) on every device.
+inline bool host_index_checks_forced() {
+  const char* v = std::getenv("DCD_CHECK_INDICES");
+  return v != nullptr && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0 || std::strcmp(v, "yes") == 0);
+}
+
+// CPU tensors (or DCD_CHECK_INDICES=1): raises IndexError for the first range with a value outside it,
+// reading one flag per range to the host in a single copy; the offending extremes are read only on error.
+// Other devices: one device-side assertion per range (at::_assert_async), so the ops never wait for the
+// device; a bad value fails the next synchronising call with a device-side assertion instead.
 inline void check_index_ranges(const std::vector<IndexRange>& ranges) {
   if (ranges.empty()) return;
+  if (!ranges.front().values.is_cpu() && !host_index_checks_forced()) {
+    for (const auto& r : ranges) {
+      const std::string msg = std::string("dcd_ext: ") + r.name + " values must lie in [" + std::to_string(r.lo) +
+                              ", " + std::to_string(r.hi) + ") (device-side check; DCD_CHECK_INDICES=1 checks on " +
+                              "the host and raises IndexError)";
+      at::_assert_async(r.values.ge(r.lo).logical_and(r.values.lt(r.hi)).all(), msg);
+    }
+    return;
+  }
   std::vector<at::Tensor> bad;
   for (const auto& r : ranges) bad.push_back(r.values.lt(r.lo).logical_or(r.values.ge(r.hi)).any());
   const auto flags = at::stack(bad).to(at::kCPU);

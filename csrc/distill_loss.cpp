@@ -18,7 +18,7 @@ DistillInputs prepare(const at::Tensor& anchors, const at::Tensor& pool, const a
   check_temperature(temperature);
   const DistillKind k = parse_kind(kind);
   const int64_t p = pool.size(0);
-  // last: the only check that reads values (one host sync)
+  // last: the only check that reads values (on the host for CPU tensors, device-side on CUDA)
   check_index_ranges({{cand, "cand", -1, p}, {cand.select(1, 0), "cand[:, 0] (the positives)", 0, p}});
   // detached: worker threads run with grad mode on
   return DistillInputs{anchors.detach().contiguous(), pool.detach().contiguous(), cand.contiguous(),

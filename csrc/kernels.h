@@ -50,6 +50,20 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor&, const at::
                                                    const at::Tensor&, const at::Tensor&);
 }  // namespace cpu
 
+// The chunked ATen implementation (csrc/chunked/): library GEMMs on column chunks and ATen epilogues,
+// for every device; selected with DCD_CPU_IMPL / DCD_CUDA_IMPL (dispatch.h).
+namespace chunked {
+std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs&);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const ContrastiveInputs&, const at::Tensor&,
+                                                                    const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&);
+at::Tensor distill_stats(const DistillInputs&);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs&, const at::Tensor&,
+                                                            const at::Tensor&);
+std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor&, const at::Tensor&, int64_t,
+                                                   const at::Tensor&, const at::Tensor&);
+}  // namespace chunked
+
 #ifdef DCD_WITH_CUDA
 namespace cuda {
 std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs&);

@@ -50,7 +50,8 @@ def _as_scale(logit_scale: ScaleLike, ref: Tensor) -> Tensor:
     if isinstance(logit_scale, Tensor):
         return logit_scale
     if isinstance(logit_scale, (int, float)) and not isinstance(logit_scale, bool):
-        return torch.tensor(float(logit_scale), dtype=torch.float32, device=ref.device)
+        # a fill, not a host-to-device copy: no synchronisation on CUDA
+        return torch.full((), float(logit_scale), dtype=torch.float32, device=ref.device)
     raise TypeError(f"logit_scale must be a tensor or a float, got {type(logit_scale).__name__}")
 
 

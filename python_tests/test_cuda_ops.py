@@ -7,6 +7,8 @@ other files also run every reference comparison on CUDA.
 import pytest
 import torch
 
+from chunked_cases import (CONTRASTIVE_CASES, DISTILL_SHAPES, TOPK_CASES, check_contrastive, check_distill,
+                           check_distill_ignores_absent_teacher_values, check_dynamic, check_topk)
 from dcd_ext import ops, reference
 from op_helpers import assert_close, cuda_ready, leaf, unit_rows
 
@@ -129,12 +131,73 @@ def test_too_many_candidates_is_a_clear_error(entry, gen):
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_mixed_devices_are_a_clear_error(entry, gen):
+def test_mixed_devices_are_a_clear_error(entry, gen, monkeypatch):
     img = unit_rows(4, 8, gen)
     with pytest.raises(ValueError, match="keys is on cuda:0 but query is on cpu"):
         entry.similarity_topk(img, img.cuda(), 2)
     with pytest.raises(ValueError, match="logit_scale is on cpu but img is on cuda:0"):
         entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0))
+    monkeypatch.setenv("DCD_CHECK_INDICES", "1")  # the exact host check (CUDA checks on the device by default)
     with pytest.raises(IndexError, match=r"pos_row values must lie in \[-1, 4\), got \[0, 9\]"):
         entry.contrastive_loss(img.cuda(), img.cuda(), torch.tensor(1.0, device="cuda"),
                                torch.tensor([0, 9, 1, 2], device="cuda"), torch.arange(4, device="cuda"))
+    cand = torch.zeros(4, 3, dtype=torch.int64, device="cuda")
+    cand[2, 1] = 4
+    with pytest.raises(IndexError, match=r"cand values must lie in \[-1, 4\), got \[0, 4\]"):
+        entry.distill_loss(img.cuda(), img.cuda(), cand, torch.zeros(4, 3, device="cuda"),
+                           torch.tensor(1.0, device="cuda"))
+
+
+# ------------------------------------------------------- the chunked implementation (DCD_CUDA_IMPL=chunked)
+# the cases of test_chunked_impl.py, run on CUDA against the CPU kernels and the float64 reference
+
+CUDA_CHUNKS = [7, 4096]
+
+
+@pytest.mark.parametrize("chunk", CUDA_CHUNKS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", TOPK_CASES)
+def test_chunked_similarity_topk(name, dtype, chunk, monkeypatch, gen):
+    check_topk(monkeypatch, "cuda", chunk, name, dtype, gen)
+
+
+@pytest.mark.parametrize("chunk", CUDA_CHUNKS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", CONTRASTIVE_CASES)
+def test_chunked_contrastive_loss(name, dtype, chunk, monkeypatch, gen):
+    check_contrastive(monkeypatch, "cuda", chunk, name, dtype, gen)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,weighting", [("kl", "dcd"), ("mse", "entropy")])
+@pytest.mark.parametrize("shape", DISTILL_SHAPES)
+def test_chunked_distill_loss(shape, kind, weighting, dtype, monkeypatch, gen):
+    check_distill(monkeypatch, "cuda", 16, shape, kind, weighting, dtype, gen)
+
+
+def test_chunked_distill_loss_ignores_absent_teacher_values(monkeypatch, gen):
+    check_distill_ignores_absent_teacher_values(monkeypatch, "cuda", gen)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_dynamic_contrastive_loss(dtype, monkeypatch, gen):
+    check_dynamic(monkeypatch, "cuda", 5, dtype, gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunked_equals_fused_at_a_default_chunk(dtype, monkeypatch, gen):
+    """Default chunk width (no DCD_CHUNK_COLS), a width that is not a multiple of anything, cuBLAS products."""
+    monkeypatch.delenv("DCD_CHUNK_COLS", raising=False)
+    b, d = 3000, 200
+    img, txt = unit_rows(b, d, gen, dtype=dtype).cuda(), unit_rows(b, d, gen, dtype=dtype).cuda()
+    ids = (torch.arange(b) // 5).cuda()
+
+    def run(impl):
+        monkeypatch.setenv("DCD_CUDA_IMPL", impl)
+        a, t, s = leaf(img), leaf(txt), leaf(torch.tensor(30.0, device="cuda"))
+        loss = ops.contrastive_loss(a, t, s, img_ids=ids, txt_ids=ids)
+        values, _ = ops.similarity_topk(img, txt, 16, ids, ids)
+        return (loss, *torch.autograd.grad(loss, (a, t, s)), values)
+
+    for x, y in zip(run("chunked"), run("fused")):
+        assert_close(x, y, dtype, scale=10.0)

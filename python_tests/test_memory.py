@@ -1,6 +1,7 @@
 """Peak extra memory of the fused ops is a small fraction of the naive way's (measured in subprocesses)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from dcd_ext import ops, reference
     torch.manual_seed(0)
     which, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    lib = ops if which == "fused" else reference
+    lib = reference if which == "naive" else ops  # "chunked": ops under DCD_CPU_IMPL=chunked
     img = torch.nn.functional.normalize(torch.randn(n, d), dim=1).requires_grad_()
     txt = torch.nn.functional.normalize(torch.randn(n, d), dim=1).requires_grad_()
     scale = torch.tensor(10.0, requires_grad=True)
@@ -34,9 +35,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def peak_extra_kib(which: str, n: int, d: int, op: str) -> int:
+def peak_extra_kib(which: str, n: int, d: int, op: str, env=None) -> int:
     out = subprocess.run([sys.executable, "-c", SCRIPT, which, str(n), str(d), op], check=True, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=None if env is None else {**os.environ, **env})
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_kib"]
 
 
@@ -48,6 +49,15 @@ def test_fused_peak_memory_is_a_small_fraction_of_naive(op):
     matrix_kib = n * n * 4 // 1024
     assert naive >= matrix_kib, f"the naive way should hold at least one {n}x{n} matrix, saw {naive} KiB"
     assert fused < 0.05 * naive, f"fused {fused} KiB vs naive {naive} KiB"
+
+
+@pytest.mark.parametrize("op", ["loss", "topk"])
+def test_chunked_peak_memory_is_a_few_chunks(op):
+    """The chunked implementation holds a few [N, chunk] buffers, a fraction of the one N x N matrix."""
+    n, d, chunk = 8192, 32, 64
+    chunked = peak_extra_kib("chunked", n, d, op, {"DCD_CPU_IMPL": "chunked", "DCD_CHUNK_COLS": str(chunk)})
+    matrix_kib = n * n * 4 // 1024
+    assert chunked < 0.25 * matrix_kib, f"chunked {chunked} KiB; one {n}x{n} float32 matrix is {matrix_kib} KiB"
 
 
 STEP_SCRIPT = textwrap.dedent("""

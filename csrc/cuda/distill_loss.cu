@@ -102,6 +102,7 @@ __global__ void pool_grad_kernel(const in_t* x, int64_t d, int64_t k1, const acc
   const int64_t seg = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (seg >= num_segments) return;
   const int64_t begin = seg_starts[seg], end = seg_starts[seg + 1];
+  if (begin >= end) return;  // a pool row no candidate names
   const int64_t p = sorted_cand[begin];
   if (p < 0) return;  // absent slots
   const acc_t scale = *scale_ptr;

@@ -152,17 +152,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs&
   check_launch(ck::distill_grad(ops.args, coef_dist.data_ptr(), coef_hard.data_ptr(), dz.data_ptr(),
                                 d_anchor.data_ptr(), d_scale_rows.data_ptr(), stream),
                "distill_loss backward");
-  // pool gradient: candidates grouped by pool index (stable sort) and summed per group in order
+  // pool gradient: candidates grouped by pool index (stable sort) and summed per group in order; group p
+  // (possibly empty) starts where searchsorted puts p, so the group count P is known without a host read
   auto sorted = at::sort(in.cand.reshape({-1}), /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto sorted_cand = std::get<0>(sorted).contiguous(), order = std::get<1>(sorted).contiguous();
-  const int64_t total = sorted_cand.size(0);
-  auto boundaries = at::nonzero(sorted_cand.slice(0, 1).ne(sorted_cand.slice(0, 0, total - 1))).reshape({-1}) + 1;
-  auto seg_starts = at::cat({at::zeros({1}, boundaries.options()), boundaries,
-                             at::full({1}, total, boundaries.options())})
-                        .contiguous();
-  auto d_pool = at::zeros({ops.y.size(0), ops.y.size(1)}, opts);
+  const int64_t p = ops.y.size(0);
+  auto seg_starts = at::searchsorted(sorted_cand, at::arange(p + 1, sorted_cand.options())).contiguous();
+  auto d_pool = at::zeros({p, ops.y.size(1)}, opts);
   check_launch(ck::distill_pool_grad(ops.args, dz.data_ptr(), order.data_ptr<int64_t>(), sorted_cand.data_ptr<int64_t>(),
-                                     seg_starts.data_ptr<int64_t>(), seg_starts.size(0) - 1, d_pool.data_ptr(), stream),
+                                     seg_starts.data_ptr<int64_t>(), p, d_pool.data_ptr(), stream),
                "distill_loss backward (pool)");
   return {d_anchor, d_pool, d_scale_rows.sum()};
 }

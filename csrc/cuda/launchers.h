@@ -67,7 +67,8 @@ cudaError_t distill_grad(DistillArgs args, const void* coef_dist, const void* co
 
 // d_pool[p] = scale * sum over (i, m) with cand[i, m] == p of dz[i, m] * anchors[i], summed in the
 // order of `order` (a stable sort of cand's flat indices by value); seg_starts[s] is where segment s
-// of equal values begins in that order (num_segments entries, plus the total count at the end).
+// of equal values begins in that order (num_segments entries, plus the end of the last segment).
+// Segments may be empty (skipped) and negative values (absent slots) are skipped; d_pool must hold zeros.
 cudaError_t distill_pool_grad(DistillArgs args, const void* dz, const int64_t* order, const int64_t* sorted_cand,
                               const int64_t* seg_starts, int64_t num_segments, void* d_pool, cudaStream_t stream);
 
