@@ -31,7 +31,6 @@ def build_parser():
                    help="which student of a run: best (RUN/student_<loss>_best, the best validation RSUM) or last "
                         "(the final one); default: best when the run kept one. With a student folder, best takes "
                         "its <folder>_best sibling")
-    p.add_argument("--student", help="saved student folder (a run's student_* folder)")
     p.add_argument("--fusion", help="saved fusion student folder (a shallow cross-encoder, --student fusion): it "
                    "scores every pair, and re-ranks the --student's top k (the cascade)")
     p.add_argument("--cascade-k", default="10,50",

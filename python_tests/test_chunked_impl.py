@@ -102,3 +102,12 @@ def test_autocast_leaves_the_products_alone(impl, monkeypatch, gen):
     for x, y in zip(cast, plain):
         assert x.dtype == y.dtype == torch.float32
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_similarity_topk_refuses_non_finite_inputs_in_both_implementations(monkeypatch):
+    query, keys = torch.randn(6, 5), torch.randn(30, 5)
+    query[3, 1] = float("nan")
+    for impl in ("fused", "chunked"):
+        monkeypatch.setenv("DCD_CPU_IMPL", impl)
+        with pytest.raises(ValueError, match="query holds 1 NaN or infinite values"):
+            ops.similarity_topk(query, keys, 4)

@@ -119,3 +119,29 @@ def test_out_of_range_indices_fail_on_the_device():
     assert "returned without a sync" in out.stdout, out.stderr
     assert "no assertion fired" not in out.stdout
     assert out.returncode != 0 and "device-side assert" in out.stderr, out.stderr
+
+
+NAN_QUERY_SCRIPT = textwrap.dedent("""
+    import os, torch
+    from dcd_ext import ops
+    q = torch.randn(5, 8, device="cuda")
+    q[2, 3] = float("nan")
+    keys = torch.randn(40, 8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    ops.similarity_topk(q, keys, 4)
+    torch.cuda.set_sync_debug_mode(0)
+    print("returned without a sync", flush=True)
+    torch.cuda.synchronize()
+    print("no assertion fired", flush=True)
+""")
+
+
+@pytest.mark.parametrize("impl", ["fused", "chunked"])
+def test_non_finite_similarity_topk_inputs_fail_on_the_device(impl):
+    env = {**os.environ, "DCD_CUDA_IMPL": impl}
+    out = subprocess.run([sys.executable, "-c", NAN_QUERY_SCRIPT], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert "returned without a sync" in out.stdout, out.stderr
+    assert "no assertion fired" not in out.stdout
+    assert out.returncode != 0 and "query holds NaN or infinite values" in out.stderr, out.stderr
