@@ -168,8 +168,13 @@ def explicit_flags(argv: Optional[Sequence[str]]) -> dict[str, Any]:
     return vars(parser.parse_args(argv))
 
 
+STUDENT_WORDS = ("small", "teacher", "fusion")  # --student values that are not paths (nor open_clip:ARCH)
+
+
 def absolute(dest: str, value: Any, base: str) -> Any:
-    if dest not in PATH_SETTINGS or not isinstance(value, str) or (dest == "student" and value in ("small", "teacher")):
+    if dest not in PATH_SETTINGS or not isinstance(value, str):
+        return value
+    if dest == "student" and (value in STUDENT_WORDS or value.startswith("open_clip:")):
         return value
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
@@ -202,6 +207,11 @@ def saved_config(folder: str) -> dict:
     return config
 
 
+def as_saved(value):
+    """A value as config.json stores it (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def resumed_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], resume: str) -> argparse.Namespace:
     """The saved settings of the run being resumed, with the allowed explicit flags applied; a flag that would
     change any other setting is refused (nothing is written before this check)."""
@@ -222,7 +232,7 @@ def resumed_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
                 refused.append(f"--out {value} (a resumed run continues in its own folder {folder})")
             continue
         saved = getattr(args, dest)
-        if absolute(dest, value, os.getcwd()) == saved:
+        if as_saved(absolute(dest, value, os.getcwd())) == as_saved(saved):  # config.json holds lists, not tuples
             continue
         if dest in RESUMABLE:
             overrides[dest] = value
