@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dcd_ext.candidate_loss import dynamic_weights, lse_minus_first  # shared with the logits-in candidate loss
+from dcd_ext.losses.candidates import dynamic_weights, lse_minus_first  # shared with the logits-in candidate loss
 from dcd_ext.outputs import DCDLossOutput, DistillOutput
 
 NEG_INF = float("-inf")

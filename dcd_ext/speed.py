@@ -37,7 +37,7 @@ from PIL import Image
 from .cli import (add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device, run_command_line,
                   teacher_kind)
 from .files import write_text_atomically
-from .fusion_speed import add_fusion_speed_arguments, fusion_markdown, fusion_report, fusion_row
+from .serving.fusion_speed import add_fusion_speed_arguments, fusion_markdown, fusion_report, fusion_row
 
 CAPTION = "a man in a red jacket rides a bicycle past a row of parked cars on a wet city street"
 TARGET_SPEEDUP = 1000.0

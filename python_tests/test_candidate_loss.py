@@ -1,4 +1,4 @@
-"""The logits-in candidate terms (dcd_ext.candidate_loss): the fused operator's math on [N, K+1] logits, and the
+"""The logits-in candidate terms (dcd_ext.losses.candidates): the fused operator's math on [N, K+1] logits, and the
 DCD authors' loss against a direct transcription of its formula."""
 
 import itertools
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dcd_ext import ops, reference
-from dcd_ext.candidate_loss import authors_candidate_loss, candidate_loss, dynamic_weights
+from dcd_ext.losses.candidates import authors_candidate_loss, candidate_loss, dynamic_weights
 from dcd_ext.loss_options import KINDS, WEIGHTINGS
 from op_helpers import leaf, unit_rows
 

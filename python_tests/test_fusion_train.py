@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 
-from dcd_ext.candidate_loss import authors_candidate_loss, candidate_loss
+from dcd_ext.losses.candidates import authors_candidate_loss, candidate_loss
 from dcd_ext.data import RetrievalSet, make_synthetic_split, vocabulary
-from dcd_ext.fusion_loss import FusionLoss
+from dcd_ext.losses.fusion import FusionLoss
 from dcd_ext.retrieval import METRIC_KEYS, recall_at_k
 from dcd_ext.retrieval.cascade import evaluate_cascade
 from dcd_ext.students import build_fusion_student, load_student

@@ -1,12 +1,12 @@
 """``python -m dcd_ext.train --student fusion``: the flags, student, loss and final evaluation of a shallow
-cross-encoder ("fusion") student (``dcd_ext.students.fusion``, ``dcd_ext.fusion_loss``)."""
+cross-encoder ("fusion") student (``dcd_ext.students.fusion``, ``dcd_ext.losses.fusion``)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..cli import positive_int
-from ..fusion_loss import RECIPES, FusionLoss
+from ..losses.fusion import RECIPES, FusionLoss
 from ..students.fusion import HEAD_INITS, build_fusion_student, is_fusion_folder, load_fusion_student, parse_layers
 from .run_dir import get_logger
 

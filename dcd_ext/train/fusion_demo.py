@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..fusion_loss import FusionLoss
+from ..losses.fusion import FusionLoss
 from ..retrieval.cascade import evaluate_cascade, evaluate_cross_encoder, parse_depths
 from ..students import build_fusion_student, load_student, save_student
 from .checkpoint import latest_checkpoint

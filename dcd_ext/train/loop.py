@@ -163,7 +163,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
     warning = negatives_warning(loss_fn, settings, world)
     if warning and world.is_main:
         log.warning(f"[{run_name}] {warning}")
-    # a loss may bring its own collator and step (dcd_ext.fusion_loss: a cross-encoder student reads raw rows)
+    # a loss may bring its own collator and step (dcd_ext.losses.fusion: a cross-encoder student reads raw rows)
     collate = loss_fn.collator() if hasattr(loss_fn, "collator") else BatchCollator(student.image_transform,
                                                                                     student.tokenizer)
     loader = make_train_loader(train_split, collate, settings.batch_size, settings.seed, settings.workers,

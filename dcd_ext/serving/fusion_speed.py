@@ -28,7 +28,7 @@ def add_fusion_speed_arguments(parser) -> None:
 def fusion_report(setup, images, queries, top, device, measure_teacher: Callable, measure_rerank: Callable,
                   layers: Optional[str] = None, depths: Sequence[int] = (10, 50)) -> dict:
     """Per-item, per-pair and per-candidate costs of the fusion student of ``setup.teacher``."""
-    from .students.fusion import build_fusion_student, parse_layers
+    from ..students.fusion import build_fusion_student, parse_layers
 
     fusion = build_fusion_student(setup.teacher, None if layers is None else parse_layers(layers)).eval()
     costs = measure_teacher(fusion, images, queries, device)

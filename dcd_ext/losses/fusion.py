@@ -11,7 +11,7 @@ its caption as the positive, and each caption, with its image as the positive)
 3. the student scores the same pairs with gradients (``pair_logits``: frozen per-item work once per
    image and caption, its own joint layers per pair): candidate logits [B, k+1] both ways;
 4. the loss on the two [B, k+1] logit tables, averaged over the two directions:
-   - ``recipe="dcd"``: DCD's candidate terms (``dcd_ext.candidate_loss.candidate_loss``: distillation
+   - ``recipe="dcd"``: DCD's candidate terms (``dcd_ext.losses.candidates.candidate_loss``: distillation
      ``kind``, hard term, dynamic ``weighting``), ``α·L_dist + (1 − α)·L_hard``;
    - ``recipe="authors"``: the DCD authors' loss (``authors_candidate_loss``: ``α·T²·MSE`` + ``(1 − α)·``
      entropy-weighted BCE against [1, 0, ..., 0]) on a teacher-ranked pool.
@@ -26,11 +26,11 @@ import time
 import torch
 from torch import Tensor
 
-from .candidate_loss import authors_candidate_loss, candidate_loss
-from .data.loader import Batch
-from .distributed import SINGLE, World
-from .losses import DCDLoss, LossOutput, first_row_of_id
-from .retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
+from .candidates import authors_candidate_loss, candidate_loss
+from ..data.loader import Batch
+from ..distributed import SINGLE, World
+from . import DCDLoss, LossOutput, first_row_of_id
+from ..retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
 
 __all__ = ["FusionLoss", "FusionStepRunner", "RECIPES", "RawCollator"]
 

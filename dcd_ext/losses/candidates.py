@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loss_options import KINDS, WEIGHTINGS
-from .outputs import DistillOutput
+from ..loss_options import KINDS, WEIGHTINGS
+from ..outputs import DistillOutput
 
 __all__ = ["AuthorsLossOutput", "authors_candidate_loss", "candidate_loss", "dynamic_weights"]
 

@@ -25,15 +25,15 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
-from .loss_options import KINDS, WEIGHTINGS
-from .distributed import SINGLE, World, gather, gather_with_grad
+from ..retrieval.teacher_scoring import both_way_pairs, score_unique_pairs
+from ..loss_options import KINDS, WEIGHTINGS
+from ..distributed import SINGLE, World, gather, gather_with_grad
 
 MINE_BY = ("student", "teacher")
 
 
 def ops():
-    from . import ops as compiled
+    from .. import ops as compiled
     return compiled
 
 
