@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dcd_ext.losses.candidates import dynamic_weights, lse_minus_first  # shared with the logits-in candidate loss
+from dcd_ext.losses.candidates import candidate_loss  # the per-anchor candidate math, shared
 from dcd_ext.outputs import DCDLossOutput, DistillOutput
 
 NEG_INF = float("-inf")
@@ -100,22 +100,8 @@ def distill_loss(anchors: Tensor, pool: Tensor, cand: Tensor, teacher: Tensor, l
     dt = compute_dtype(anchors, pool)
     valid = cand >= 0
     z = candidate_logits(anchors, pool, cand, logit_scale)
-    t = teacher.to(dt)
-    zm, tm = z.masked_fill(~valid, NEG_INF), t.masked_fill(~valid, NEG_INF)
-    tau = float(temperature)
-    if kind == "kl":
-        logp = torch.log_softmax(tm / tau, dim=1)
-        logq = torch.log_softmax(zm / tau, dim=1)
-        diff = torch.where(valid, logp - logq, torch.zeros_like(z))
-        d = tau * tau * (logp.exp() * diff).sum(1)
-    elif kind == "mse":
-        sq = torch.where(valid, (t - z) ** 2, torch.zeros_like(z))
-        d = sq.sum(1) / valid.sum(1).to(dt)
-    else:
-        raise ValueError(f"kind must be 'kl' or 'mse'; got {kind!r}")
-    h = lse_minus_first(z, valid)
-    wd, wh = dynamic_weights(t, z, valid, weighting)
-    return DistillOutput((wd * d).mean(), (wh * h).mean(), wd, wh)
+    # the per-anchor terms on these logits are the logits-in candidate loss (one implementation of the math)
+    return candidate_loss(z, teacher.to(dt), temperature, kind, weighting, valid)
 
 
 def dynamic_contrastive_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, i2t_cand: Tensor,

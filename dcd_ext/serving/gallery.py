@@ -27,14 +27,19 @@ def images_in_folder(folder: str) -> tuple[list[str], list[str]]:
     return names, [os.path.abspath(os.path.join(folder, n)) for n in names]
 
 
-def captions_in_text_file(path: str) -> list[str]:
+def nonblank_lines(path: str, flag: str, noun: str, plural: str) -> list[str]:
+    """The stripped non-blank lines of a text file (one caption or query each); errors name ``flag``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data: caption file not found: {path}")
+        raise FileNotFoundError(f"{flag}: {noun} file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        captions = [line.strip() for line in f if line.strip()]
-    if not captions:
-        raise ValueError(f"data: {path} holds no captions")
-    return captions
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{flag}: {path} holds no {plural} (only blank lines)")
+    return lines
+
+
+def captions_in_text_file(path: str) -> list[str]:
+    return nonblank_lines(path, "data", "caption", "captions")
 
 
 def gallery_items(data: Optional[str], images: Optional[str], split: Optional[str],

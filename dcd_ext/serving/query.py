@@ -12,6 +12,7 @@ from ..data.images import open_image
 from ..retrieval.embedding import embed_items
 from ..retrieval.ranking import rerank
 from ..retrieval.teacher_scoring import score_unique_pairs
+from .gallery import nonblank_lines
 from .index_file import GalleryIndex
 
 QUERY_FITS_INDEX = {"text": "image", "image": "text"}  # query modality -> the gallery it searches
@@ -19,13 +20,7 @@ QUERY_FITS_INDEX = {"text": "image", "image": "text"}  # query modality -> the g
 
 def read_query_file(path: str) -> list[str]:
     """The non-blank lines of a queries file (blank lines separate nothing and are skipped)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"queries: query file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        queries = [line.strip() for line in f if line.strip()]
-    if not queries:
-        raise ValueError(f"queries: {path} holds no queries (only blank lines)")
-    return queries
+    return nonblank_lines(path, "queries", "query", "queries")
 
 
 def check_queries(queries: list[str], modality: str) -> None:
