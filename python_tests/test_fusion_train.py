@@ -18,7 +18,7 @@ from dcd_ext.retrieval.cascade import evaluate_cascade
 from dcd_ext.students import build_fusion_student, load_student
 from dcd_ext.teachers import load_teacher
 from dcd_ext.train import main
-from train_fixtures import write_table
+from train_fixtures import interrupt_at_step, write_table
 
 RESULT_KEYS = set(METRIC_KEYS) | {"ms_per_query"}
 
@@ -105,7 +105,6 @@ def test_step_is_the_loss_of_the_student_and_teacher_scores(vilt2, batch, recipe
 
 
 def test_train_command_fusion_run_and_exact_resume(vilt2, tmp_path, monkeypatch):
-    from dcd_ext.train import loop as train_loop
     table = write_table(str(tmp_path), num_images=24)
 
     def run(out, *extra):
@@ -132,16 +131,9 @@ def test_train_command_fusion_run_and_exact_resume(vilt2, tmp_path, monkeypatch)
     again, _ = evaluate_cross_encoder(student, test)
     assert again["rsum"] == pytest.approx(results["student_fusion_dcd"]["rsum"])
 
-    real_lr_at = train_loop.lr_at
-
-    def interrupt_at_step_3(step, *args):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_lr_at(step, *args)
-
-    monkeypatch.setattr(train_loop, "lr_at", interrupt_at_step_3)
+    restore_loop = interrupt_at_step(monkeypatch, 3)
     assert run(tmp_path / "resumed") == 130
-    monkeypatch.setattr(train_loop, "lr_at", real_lr_at)
+    restore_loop()
     assert run(tmp_path / "resumed", "--resume", str(tmp_path / "resumed")) == 0
     resumed = load_student(str(tmp_path / "resumed" / "student_fusion_dcd")).state_dict()
     for key, value in student.state_dict().items():

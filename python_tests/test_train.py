@@ -11,10 +11,9 @@ import torch
 from dcd_ext.retrieval import METRIC_KEYS
 from dcd_ext.students import build_small_student, load_student
 from dcd_ext.train import main
-from dcd_ext.train import loop as train_loop
 from dcd_ext.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from dcd_ext.train.params import build_parser
-from train_fixtures import small_model_after_one_step, write_table
+from train_fixtures import interrupt_at_step, small_model_after_one_step, write_table
 
 RESULT_KEYS = set(METRIC_KEYS) | {"ms_per_query"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -108,19 +107,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert run_contrastive(tmp_path, tmp_path / "straight") == 0
     reference = load_student(str(tmp_path / "straight" / "student_contrastive")).state_dict()
 
-    real_lr_at = train_loop.lr_at
-
-    def interrupt_at_step_3(step, *args):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_lr_at(step, *args)
-
-    monkeypatch.setattr(train_loop, "lr_at", interrupt_at_step_3)
+    restore_loop = interrupt_at_step(monkeypatch, 3)
     out = tmp_path / "interrupted"
     assert run_contrastive(tmp_path, out) == 130
     saved = out / "checkpoints" / "student_contrastive" / "interrupted.safetensors"
     assert saved.is_file()
-    monkeypatch.setattr(train_loop, "lr_at", real_lr_at)
+    restore_loop()
     assert run_contrastive(tmp_path, out, ["--resume", str(out)]) == 0
     assert not saved.exists()
     resumed = load_student(str(out / "student_contrastive")).state_dict()

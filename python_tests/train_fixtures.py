@@ -116,3 +116,19 @@ def small_model_after_one_step():
     model.log_logit_scale.sum().backward()
     opt.step()
     return model, opt
+
+
+def interrupt_at_step(monkeypatch, stop_step: int):
+    """Make the training loop raise KeyboardInterrupt (as Ctrl-C would) when it reaches ``stop_step``;
+    returns the function that restores the loop (the test's end restores it too)."""
+    from dcd_ext.train import loop as train_loop
+
+    real_lr_at = train_loop.lr_at
+
+    def lr_at(step, *args):
+        if step == stop_step:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *args)
+
+    monkeypatch.setattr(train_loop, "lr_at", lr_at)
+    return lambda: monkeypatch.setattr(train_loop, "lr_at", real_lr_at)

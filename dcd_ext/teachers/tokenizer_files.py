@@ -83,6 +83,17 @@ def write_wordpiece_vocab(out_dir: str | Path, words: Iterable[str]) -> Path:
     return path
 
 
+def tiny_wordpiece_folder(out_dir: str | Path, words: Iterable[str], image_size: int, patch_size: int):
+    """(folder, BERT tokenizer) for a tiny random-init teacher: the folder created, a WordPiece vocabulary of
+    ``words`` written into it, after checking that ``image_size`` is a whole number of patches."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_wordpiece_vocab(out_dir, words)
+    return out_dir, load_bert_tokenizer(out_dir)
+
+
 def write_byte_bpe_vocab(out_dir: str | Path, words: Iterable[str]) -> tuple[Path, Path]:
     """Write a RoBERTa-style byte-level BPE ``vocab.json`` + ``merges.txt`` learnt from the given words
     (specials first, ``<pad>`` = 1 as in RoBERTa); any other text still tokenises, byte by byte."""

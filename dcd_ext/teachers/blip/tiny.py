@@ -9,7 +9,7 @@ import torch
 
 from ...hf_folders import image_processor, save_processor_files
 from ..hf_quiet import hf_progress_bars_off
-from ..tokenizer_files import load_bert_tokenizer, write_wordpiece_vocab
+from ..tokenizer_files import tiny_wordpiece_folder
 
 __all__ = ["build_tiny_blip"]
 
@@ -22,12 +22,7 @@ def build_tiny_blip(out_dir, vocab_words: Iterable[str], *, image_size: int = 32
     ``image_size`` squared, bicubic, CLIP mean/std, as BLIP's). The weights depend only on ``seed``."""
     from transformers import BlipConfig, BlipForImageTextRetrieval, BlipProcessor
 
-    if image_size % patch_size:
-        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_wordpiece_vocab(out_dir, vocab_words)
-    tokenizer = load_bert_tokenizer(out_dir)
+    out_dir, tokenizer = tiny_wordpiece_folder(out_dir, vocab_words, image_size, patch_size)
     config = BlipConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, encoder_hidden_size=hidden,
                          intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..hf_quiet import hf_progress_bars_off
-from ..tokenizer_files import load_bert_tokenizer, write_wordpiece_vocab
+from ..tokenizer_files import tiny_wordpiece_folder
 from .teacher import vilt_image_processor
 
 __all__ = ["build_tiny_vilt"]
@@ -26,12 +26,7 @@ def build_tiny_vilt(out_dir, vocab_words: Iterable[str], *, image_size: int = 64
     captions). The weights depend only on ``seed`` (the global RNG is left untouched)."""
     from transformers import ViltConfig, ViltForImageAndTextRetrieval
 
-    if image_size % patch_size:
-        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_wordpiece_vocab(out_dir, vocab_words)
-    tokenizer = load_bert_tokenizer(out_dir)
+    out_dir, tokenizer = tiny_wordpiece_folder(out_dir, vocab_words, image_size, patch_size)
     config = ViltConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
