@@ -93,17 +93,18 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) 
   const auto acc = acc_dtype(in.img, in.txt);
   auto [u, v] = common_dtype(in.img, in.txt);
   auto scale = scale_tensor(in.logit_scale, acc);
-  auto row_lse = at::empty({u.size(0)}, u.options().dtype(acc));
-  auto col_lse = at::empty({v.size(0)}, u.options().dtype(acc));
+  auto opts = u.options().dtype(acc);
+  auto row_lse = at::empty({u.size(0)}, opts);
+  auto col_lse = at::empty({v.size(0)}, opts);
+  // per-CTA column (max, sum) slots of the one-pass forward (launchers.h: at most 256 MiB)
+  const int64_t parts = ck::contrastive_col_parts(u.size(0), v.size(0), static_cast<int64_t>(c10::elementSize(acc)));
+  auto workspace = at::empty({2 * parts * v.size(0)}, opts);
   const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
   const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  check_launch(ck::contrastive_row_lse(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
-                                       row_lse.data_ptr(), stream),
-               "contrastive_loss (rows)");
-  check_launch(ck::contrastive_row_lse(matrix(v), matrix(u), scale.data_ptr(), ck::MaskArgs{ti, ii, pc, pr},
-                                       col_lse.data_ptr(), stream),
-               "contrastive_loss (columns)");
+  check_launch(ck::contrastive_lse(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
+                                   row_lse.data_ptr(), col_lse.data_ptr(), workspace.data_ptr(), parts,
+                                   c10::cuda::getCurrentCUDAStream()),
+               "contrastive_loss");
   return {row_lse, col_lse};
 }
 
@@ -115,19 +116,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const Contra
   auto [u, v] = common_dtype(in.img, in.txt);
   auto scale = scale_tensor(in.logit_scale, acc);
   auto opts = u.options().dtype(acc);
-  auto d_img = at::zeros({u.size(0), u.size(1)}, opts), d_txt = at::zeros({v.size(0), v.size(1)}, opts);
+  // the kernels write every element of their d_* blocks
+  auto d_img = at::empty({u.size(0), u.size(1)}, opts), d_txt = at::empty({v.size(0), v.size(1)}, opts);
   const int64_t blocks = (u.size(0) + ck::kContrastiveRowsPerBlock - 1) / ck::kContrastiveRowsPerBlock;
   auto d_scale_parts = at::empty({blocks}, opts);
+  // max |dS| <= max |g_row| + max |g_col|, on the device (no host read): the 16-bit tensor-core
+  // products pre-scale dS by a power of two from it
+  auto g_bound = (g_row.abs().max() + g_col.abs().max()).to(acc).reshape({1}).contiguous();
   const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
   const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  check_launch(ck::contrastive_row_grad(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
-                                        g_row.data_ptr(), lse_row.data_ptr(), g_col.data_ptr(), lse_col.data_ptr(),
-                                        d_img.data_ptr(), d_scale_parts.data_ptr(), stream),
+  check_launch(ck::contrastive_grad(matrix(u), matrix(v), scale.data_ptr(), g_bound.data_ptr(),
+                                    ck::MaskArgs{ii, ti, pr, pc}, g_row.data_ptr(), lse_row.data_ptr(),
+                                    g_col.data_ptr(), lse_col.data_ptr(), d_img.data_ptr(), d_scale_parts.data_ptr(),
+                                    stream),
                "contrastive_loss backward (rows)");
-  check_launch(ck::contrastive_row_grad(matrix(v), matrix(u), scale.data_ptr(), ck::MaskArgs{ti, ii, pc, pr},
-                                        g_col.data_ptr(), lse_col.data_ptr(), g_row.data_ptr(), lse_row.data_ptr(),
-                                        d_txt.data_ptr(), nullptr, stream),
+  check_launch(ck::contrastive_grad(matrix(v), matrix(u), scale.data_ptr(), g_bound.data_ptr(),
+                                    ck::MaskArgs{ti, ii, pc, pr}, g_col.data_ptr(), lse_col.data_ptr(),
+                                    g_row.data_ptr(), lse_row.data_ptr(), d_txt.data_ptr(), nullptr, stream),
                "contrastive_loss backward (columns)");
   return {d_img, d_txt, d_scale_parts.sum()};
 }

@@ -31,20 +31,38 @@ constexpr int64_t kMaxCandidates = 256;
 cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
                             float* values, int64_t* indices, cudaStream_t stream);
 
-// lse[i] = log sum_{j allowed in row i} exp(scale * <a_i, b_j>); acc = float, or double for float64 input.
-cudaError_t contrastive_row_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* lse,
-                                cudaStream_t stream);
-
 // Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
 constexpr int64_t kContrastiveRowsPerBlock = 32;
 
+// Column-partial slots of the contrastive forward (one per CTA; each CTA walks a fixed, strided set of
+// row blocks): at most 512, the whole workspace (slots x cols (max, sum) pairs) at most 256 MiB unless
+// that leaves fewer than 16 slots. A function of the shapes only, so reruns merge in the same order.
+inline int64_t contrastive_col_parts(int64_t rows, int64_t cols, int64_t acc_bytes) {
+  const int64_t row_blocks = (rows + kContrastiveRowsPerBlock - 1) / kContrastiveRowsPerBlock;
+  int64_t budget = (int64_t(256) << 20) / (2 * acc_bytes * (cols > 0 ? cols : 1));
+  if (budget < 16) budget = 16;
+  int64_t parts = budget < 512 ? budget : 512;
+  if (parts > row_blocks) parts = row_blocks;
+  return parts > 0 ? parts : 1;
+}
+
+// Both log-sum-exps in one pass over the score tiles (acc = float, or double for float64 input):
+//   row_lse[i] = log sum_{j allowed in row i} exp(scale <a_i, b_j>),
+//   col_lse[j] = log sum_{i allowed in column j} exp(scale <a_i, b_j>).
+// workspace holds 2 * parts * b.rows acc values (parts = contrastive_col_parts(a.rows, b.rows, acc bytes)):
+// per CTA the running (max, sum) of every column, merged in slot order by a second kernel.
+cudaError_t contrastive_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* row_lse, void* col_lse,
+                            void* workspace, int64_t parts, cudaStream_t stream);
+
 // d_a[i] = scale * sum_j ds_ij b_j with ds_ij = g_a[i] (exp(s_ij - lse_a[i]) [row rule] - [j == pos_a[i]])
 //                                       + g_b[j] (exp(s_ij - lse_b[j]) [column rule] - [i == pos_b[j]]);
-// d_a must hold zeros (it is accumulated into). When d_scale_parts is non-null,
-// d_scale_parts[block] = sum over the block's rows of ds_ij <a_i, b_j>.
-cudaError_t contrastive_row_grad(Matrix a, Matrix b, const void* scale, MaskArgs mask, const void* g_a,
-                                 const void* lse_a, const void* g_b, const void* lse_b, void* d_a,
-                                 void* d_scale_parts, cudaStream_t stream);
+// every element of d_a is written (no initialisation needed). g_bound (acc scalar on the device) must be
+// >= max |g_a| + max |g_b| (the bound of |ds|): the tensor-core path scales ds by a power of two from it
+// before rounding ds to the 16-bit input type, so float16 neither overflows nor underflows. When
+// d_scale_parts is non-null, d_scale_parts[block] = sum over the block's rows of ds_ij <a_i, b_j>.
+cudaError_t contrastive_grad(Matrix a, Matrix b, const void* scale, const void* g_bound, MaskArgs mask,
+                             const void* g_a, const void* lse_a, const void* g_b, const void* lse_b, void* d_a,
+                             void* d_scale_parts, cudaStream_t stream);
 
 struct DistillArgs {
   Matrix anchors, pool;
