@@ -1,7 +1,8 @@
 // Candidate (distillation) terms on CUDA: one warp per anchor gathers its K+1 dot products (lanes split
 // D), then lane 0 runs the per-anchor math of dcd/candidate_loss.h, the same code the CPU kernels use.
-// The pool gradient is a segmented sum over candidates sorted by pool index, so it needs no atomics
-// and is bitwise reproducible.
+// The pool gradient is a two-stage segmented sum over candidates sorted by pool index (fixed-size
+// chunks, then each value's chunk pieces in chunk order), so it needs no atomics, is bitwise
+// reproducible, and a candidate shared by many anchors is not one long serial segment.
 #include "cuda/common.cuh"
 #include "dcd/candidate_loss.h"
 
@@ -94,25 +95,75 @@ __global__ void grad_kernel(const in_t* x, int64_t n, const in_t* y, int64_t d, 
   }
 }
 
+// The pool gradient, stage 1: warp w sums chunk w of the sorted candidates ([w C, w C + C), C =
+// kPoolChunk), run by run (a run: equal values) in sorted order. A run that starts and ends inside the
+// chunk is a whole segment: written to d_pool. The chunk's first run (which may have begun in an
+// earlier chunk) goes to first[w], its last run (which may go on) to last[w]; stage 2 adds the pieces.
+constexpr int kPoolChunkInt = static_cast<int>(kPoolChunk);
+
 template <typename in_t, typename acc_t>
-__global__ void pool_grad_kernel(const in_t* x, int64_t d, int64_t k1, const acc_t* scale_ptr, const acc_t* dz,
-                                 const int64_t* order, const int64_t* sorted_cand, const int64_t* seg_starts,
-                                 int64_t num_segments, acc_t* d_pool) {
+__global__ void pool_chunk_kernel(const in_t* x, int64_t d, int64_t k1, int64_t total, const acc_t* scale_ptr,
+                                  const acc_t* dz, const int64_t* order, const int64_t* sorted_cand, acc_t* first,
+                                  acc_t* last, acc_t* d_pool) {
+  __shared__ int64_t vals[kWarps][kPoolChunkInt];
+  __shared__ int64_t rows[kWarps][kPoolChunkInt];
+  __shared__ acc_t weights[kWarps][kPoolChunkInt];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t chunk = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  const int64_t s_begin = chunk * kPoolChunk;
+  if (s_begin >= total) return;
+  const int len = static_cast<int>(total - s_begin < kPoolChunk ? total - s_begin : kPoolChunk);
+  for (int t = lane; t < len; t += 32) {
+    const int64_t v = sorted_cand[s_begin + t];
+    const int64_t flat = order[s_begin + t];
+    vals[warp][t] = v;
+    rows[warp][t] = flat / k1;
+    weights[warp][t] = v >= 0 ? dz[flat] : acc_t(0);
+  }
+  __syncwarp();
+  const acc_t scale = *scale_ptr;
+  acc_t* first_row = first + chunk * d;
+  acc_t* last_row = last + chunk * d;
+  for (int64_t e = lane; e < d; e += 32) {
+    acc_t sum = 0;
+    int run_begin = 0;
+    for (int t = 0; t <= len; ++t) {
+      if (t == len || vals[warp][t] != vals[warp][run_begin]) {  // the run [run_begin, t) ends
+        if (run_begin == 0) {
+          first_row[e] = sum;
+        } else if (t == len) {
+          last_row[e] = sum;
+        } else {
+          const int64_t v = vals[warp][run_begin];
+          if (v >= 0) d_pool[v * d + e] = scale * sum;
+        }
+        if (t == len) break;
+        sum = 0;
+        run_begin = t;
+      }
+      if (vals[warp][t] >= 0) sum += weights[warp][t] * to_acc<acc_t>(x[rows[warp][t] * d + e]);
+    }
+  }
+}
+
+// Stage 2: warp s finishes value s when its segment touches a chunk's first or last run: the sum of
+// its pieces in chunk order (first[c] where the segment holds the chunk's first entry, else last[c]).
+template <typename acc_t>
+__global__ void pool_merge_kernel(int64_t d, int64_t total, const acc_t* scale_ptr, const int64_t* seg_starts,
+                                  int64_t num_segments, const acc_t* first, const acc_t* last, acc_t* d_pool) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t seg = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (seg >= num_segments) return;
   const int64_t begin = seg_starts[seg], end = seg_starts[seg + 1];
   if (begin >= end) return;  // a pool row no candidate names
-  const int64_t p = sorted_cand[begin];
-  if (p < 0) return;  // absent slots
+  const int64_t c0 = begin / kPoolChunk, c1 = (end - 1) / kPoolChunk;
+  const int64_t c0_end = (c0 + 1) * kPoolChunk < total ? (c0 + 1) * kPoolChunk : total;
+  if (c0 == c1 && begin > c0 * kPoolChunk && end < c0_end) return;  // inside one chunk: stage 1 wrote it
   const acc_t scale = *scale_ptr;
   for (int64_t e = lane; e < d; e += 32) {
-    acc_t acc = 0;
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t flat = order[s];
-      acc += dz[flat] * to_acc<acc_t>(x[(flat / k1) * d + e]);
-    }
-    d_pool[p * d + e] = scale * acc;
+    acc_t sum = 0;
+    for (int64_t c = c0; c <= c1; ++c) sum += (begin <= c * kPoolChunk ? first : last)[c * d + e];
+    d_pool[seg * d + e] = scale * sum;
   }
 }
 
@@ -146,13 +197,23 @@ cudaError_t distill_grad(DistillArgs args, const void* coef_dist, const void* co
 }
 
 cudaError_t distill_pool_grad(DistillArgs args, const void* dz, const int64_t* order, const int64_t* sorted_cand,
-                              const int64_t* seg_starts, int64_t num_segments, void* d_pool, cudaStream_t stream) {
-  if (num_segments == 0) return cudaSuccess;
+                              const int64_t* seg_starts, int64_t num_segments, void* workspace, void* d_pool,
+                              cudaStream_t stream) {
+  const int64_t total = args.anchors.rows * args.k1;
+  if (num_segments == 0 || total == 0) return cudaSuccess;
+  const int64_t chunks = (total + kPoolChunk - 1) / kPoolChunk;
+  const int64_t d = args.anchors.cols;
   DCD_DISPATCH_DTYPE(args.anchors.dtype, {
-    pool_grad_kernel<in_t, acc_t><<<ceil_div(num_segments, kWarps), kWarps * 32, 0, stream>>>(
-        static_cast<const in_t*>(args.anchors.data), args.anchors.cols, args.k1,
-        static_cast<const acc_t*>(args.scale), static_cast<const acc_t*>(dz), order, sorted_cand, seg_starts,
-        num_segments, static_cast<acc_t*>(d_pool));
+    acc_t* first = static_cast<acc_t*>(workspace);
+    acc_t* last = first + chunks * d;
+    pool_chunk_kernel<in_t, acc_t><<<ceil_div(chunks, kWarps), kWarps * 32, 0, stream>>>(
+        static_cast<const in_t*>(args.anchors.data), d, args.k1, total, static_cast<const acc_t*>(args.scale),
+        static_cast<const acc_t*>(dz), order, sorted_cand, first, last, static_cast<acc_t*>(d_pool));
+    cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess) return status;
+    pool_merge_kernel<acc_t><<<ceil_div(num_segments, kWarps), kWarps * 32, 0, stream>>>(
+        d, total, static_cast<const acc_t*>(args.scale), seg_starts, num_segments, first, last,
+        static_cast<acc_t*>(d_pool));
     return cudaGetLastError();
   })
 }

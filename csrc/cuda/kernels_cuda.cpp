@@ -165,8 +165,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> distill_grad(const DistillInputs&
   const int64_t p = ops.y.size(0);
   auto seg_starts = at::searchsorted(sorted_cand, at::arange(p + 1, sorted_cand.options())).contiguous();
   auto d_pool = at::zeros({p, ops.y.size(1)}, opts);
+  // first / last run of every chunk of kPoolChunk sorted candidates (launchers.h)
+  const int64_t chunks = (sorted_cand.numel() + ck::kPoolChunk - 1) / ck::kPoolChunk;
+  auto workspace = at::empty({2 * chunks * ops.y.size(1)}, opts);
   check_launch(ck::distill_pool_grad(ops.args, dz.data_ptr(), order.data_ptr<int64_t>(), sorted_cand.data_ptr<int64_t>(),
-                                     seg_starts.data_ptr<int64_t>(), p, d_pool.data_ptr(), stream),
+                                     seg_starts.data_ptr<int64_t>(), p, workspace.data_ptr(), d_pool.data_ptr(),
+                                     stream),
                "distill_loss backward (pool)");
   return {d_anchor, d_pool, d_scale_rows.sum()};
 }

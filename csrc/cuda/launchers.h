@@ -83,12 +83,21 @@ cudaError_t distill_stats(DistillArgs args, void* stats, cudaStream_t stream);
 cudaError_t distill_grad(DistillArgs args, const void* coef_dist, const void* coef_hard, void* dz, void* d_anchor,
                          void* d_scale_rows, cudaStream_t stream);
 
-// d_pool[p] = scale * sum over (i, m) with cand[i, m] == p of dz[i, m] * anchors[i], summed in the
-// order of `order` (a stable sort of cand's flat indices by value); seg_starts[s] is where segment s
-// of equal values begins in that order (num_segments entries, plus the end of the last segment).
-// Segments may be empty (skipped) and negative values (absent slots) are skipped; d_pool must hold zeros.
+// Candidates per chunk of the pool-gradient segmented sum (see distill_pool_grad).
+constexpr int64_t kPoolChunk = 128;
+
+// d_pool[p] = scale * sum over (i, m) with cand[i, m] == p of dz[i, m] * anchors[i]. `order` is a stable
+// sort of cand's flat indices by value, sorted_cand the sorted values (total = N * K1 entries) and
+// seg_starts[s] where value s begins in that order (num_segments + 1 entries). Two deterministic
+// stages: the sorted order is cut into chunks of kPoolChunk entries, one warp per chunk sums each run of
+// equal values in order (runs inside a chunk are final; a chunk's first and last run go to the
+// workspace, 2 * ceil(total / kPoolChunk) * D acc values); then one warp per value sums its chunk pieces
+// in chunk order. A candidate shared by many anchors is thus kPoolChunk-long serial pieces plus one
+// pass over its pieces, not one serial segment. Negative values (absent slots) are skipped; d_pool
+// must hold zeros (rows no candidate names are not written).
 cudaError_t distill_pool_grad(DistillArgs args, const void* dz, const int64_t* order, const int64_t* sorted_cand,
-                              const int64_t* seg_starts, int64_t num_segments, void* d_pool, cudaStream_t stream);
+                              const int64_t* seg_starts, int64_t num_segments, void* workspace, void* d_pool,
+                              cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace dcd
