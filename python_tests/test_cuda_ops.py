@@ -7,8 +7,11 @@ other files also run every reference comparison on CUDA.
 import pytest
 import torch
 
+from contextlib import contextmanager
+
 from chunked_cases import (CONTRASTIVE_CASES, DISTILL_SHAPES, TOPK_CASES, check_contrastive, check_distill,
-                           check_distill_ignores_absent_teacher_values, check_dynamic, check_topk)
+                           check_distill_ignores_absent_teacher_values, check_dynamic, check_topk, close,
+                           contrastive_case, contrastive_run, cpu_kernels, distill_case, distill_run, scale_dtype)
 from dcd_ext import ops, reference
 from op_helpers import assert_close, cuda_ready, leaf, unit_rows
 
@@ -146,6 +149,177 @@ def test_mixed_devices_are_a_clear_error(entry, gen, monkeypatch):
     with pytest.raises(IndexError, match=r"cand values must lie in \[-1, 4\), got \[0, 4\]"):
         entry.distill_loss(img.cuda(), img.cuda(), cand, torch.zeros(4, 3, device="cuda"),
                            torch.tensor(1.0, device="cuda"))
+
+
+# ------------------------------------------------------------- the fused loss kernels, path by path
+# contrastive_loss.cu: one-pass forward (row LSE in the CTA, column (max, sum) slots merged in slot
+# order; CTAs walk several 32-row blocks once there are more than 512), backward with the shared-memory
+# d_a accumulator (tensor cores for 16-bit inputs, dS rounded after a power-of-two pre-scale; D split
+# into chunks beyond the accumulator), both directions. distill_loss.cu: the two-stage pool gradient.
+
+@contextmanager
+def fused(monkeypatch):
+    with monkeypatch.context() as m:
+        m.delenv("DCD_CUDA_IMPL", raising=False)
+        m.delenv("DCD_CHUNK_COLS", raising=False)
+        yield
+
+
+def _rect(n, m, d, gen, dtype, scale=12.0, **extra):
+    img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(m, d, gen, dtype=dtype)
+    pos_row = torch.randint(0, m, (n,), generator=gen)
+    pos_row[::7] = -1
+    pos_col = torch.randint(0, n, (m,), generator=gen)
+    pos_col[1::5] = -1
+    kw = dict(pos_row=pos_row, pos_col=pos_col, img_ids=torch.arange(n) % 11,
+              txt_ids=torch.randint(0, 11, (m,), generator=gen), **extra)
+    return img, txt, torch.tensor(scale), kw
+
+
+def fused_contrastive_case(name, gen, dtype):
+    if name in CONTRASTIVE_CASES:
+        return contrastive_case(name, gen, dtype)
+    if name.startswith("d_tail_"):  # D = 1, 7, 129: partial K steps of the producer and partial 64-wide strips
+        d = int(name.rsplit("_", 1)[1])
+        ids = torch.arange(70) // 3
+        return (unit_rows(70, d, gen, dtype=dtype), unit_rows(70, d, gen, dtype=dtype), torch.tensor(20.0),
+                dict(img_ids=ids, txt_ids=ids))
+    if name == "d_chunks":  # D beyond the shared accumulator (112 KiB): the backward splits D over blockIdx.y
+        return _rect(40, 45, 1000, gen, dtype)
+    if name == "row_blocks_over_512":  # 532 row blocks > 512 slots: CTAs walk two row blocks; 17000-row columns
+        return _rect(17000, 37, 7, gen, dtype)
+    if name == "cols_over_512_blocks":  # the same in the other direction (the column backward has 532 blocks)
+        return _rect(37, 17000, 7, gen, dtype)
+    if name == "tiles_and_tails":  # several row blocks and column tiles, tails in both, scale 100
+        return _rect(300, 129, 100, gen, dtype, scale=100.0)
+    if name == "zero_weights":  # zero row weights here and there, every column weight 0 (g_col = 0, lse = inf)
+        n, m = 90, 70
+        row_w = torch.rand(n, generator=gen) + 0.5
+        row_w[::3] = 0
+        return _rect(n, m, 33, gen, dtype, row_weight=row_w, col_weight=torch.zeros(m))
+    if name == "all_weights_zero":  # g_bound = 0: the pre-scale must stay 1 and every gradient be 0
+        n, m = 40, 50
+        return _rect(n, m, 16, gen, dtype, row_weight=torch.zeros(n), col_weight=torch.zeros(m))
+    raise ValueError(name)
+
+
+FUSED_CONTRASTIVE_CASES = CONTRASTIVE_CASES + ["d_tail_1", "d_tail_7", "d_tail_129", "d_chunks",
+                                               "row_blocks_over_512", "cols_over_512_blocks", "tiles_and_tails",
+                                               "zero_weights", "all_weights_zero"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", FUSED_CONTRASTIVE_CASES)
+def test_fused_contrastive_loss_paths(name, dtype, monkeypatch, gen):
+    img, txt, scale, kw = fused_contrastive_case(name, gen, dtype)
+    scale = scale.to(scale_dtype(dtype))
+    with cpu_kernels(monkeypatch):
+        cpu = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cpu")
+    with fused(monkeypatch):
+        got = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
+        again = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
+    kw64 = {key: (v.double() if v.is_floating_point() else v) for key, v in kw.items()}
+    ref = contrastive_run(reference.contrastive_loss, img.double(), txt.double(), scale.double(), kw64, "cpu")
+    assert [g.dtype for g in got[1:]] == [dtype, dtype, scale.dtype]
+    sigma_factor = max(1.0, float(scale) / 10) if dtype == torch.float32 else 1.0
+    for i, (x, y, c, r) in enumerate(zip(got, again, cpu, ref)):
+        assert torch.equal(x, y), f"output {i} differs between two runs"
+        assert torch.isfinite(x).all()
+        atol_scale = (1.0 if i == 0 else 10.0) * sigma_factor
+        close(x, c, dtype, atol_scale)
+        close(x, r, dtype, atol_scale)
+    if name == "all_weights_zero":
+        assert all(torch.count_nonzero(g) == 0 for g in got[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fused_contrastive_gradient_relative_error(dtype, monkeypatch, gen):
+    """The gradient at a size where it is not tiny: relative to its own norm, against float64 (the 16-bit
+    products round dS to the input type; the bound is the input rounding's order)."""
+    n, d = 600, 64
+    img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(n, d, gen, dtype=dtype)
+    scale = torch.tensor(50.0)
+    with fused(monkeypatch):
+        got = contrastive_run(ops.contrastive_loss, img, txt, scale, {}, "cuda")
+    ref = contrastive_run(reference.contrastive_loss, img.double(), txt.double(), scale.double(), {}, "cpu")
+    bound = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype]
+    for x, r in zip(got[1:3], ref[1:3]):
+        err = (x.double().cpu() - r).norm() / r.norm()
+        assert err < bound, f"relative gradient error {float(err):.2e} over {bound}"
+
+
+def _shared_candidate_case(kind, gen, dtype):
+    if kind == "one_for_all":  # candidate 0 in every anchor's slot 1: one segment of 3000 over ~24 chunks
+        n, p, k1, d = 3000, 50, 5, 40
+        anchors, pool = unit_rows(n, d, gen, dtype=dtype), unit_rows(p, d, gen, dtype=dtype)
+        cand = torch.randint(0, p, (n, k1), generator=gen)
+        cand[:, 0] = torch.arange(n) % p
+        cand[:, 1] = 0
+        cand[cand[:, 0] == 0, 1] = 1  # no anchor names its positive twice
+        cand[::4, 2] = -1
+    elif kind == "chunk_aligned":  # every value exactly one chunk of 128 sorted entries (kPoolChunk)
+        n, p, k1, d = 256, 4, 2, 19
+        anchors, pool = unit_rows(n, d, gen, dtype=dtype), unit_rows(p, d, gen, dtype=dtype)
+        cand = torch.stack([torch.arange(n) // 128 * 2, torch.arange(n) // 128 * 2 + 1], dim=1)
+    elif kind == "absent_runs":  # 800 absent slots first in sorted order (over several chunks), short segments
+        n, p, k1, d = 500, 300, 3, 33
+        anchors, pool = unit_rows(n, d, gen, dtype=dtype), unit_rows(p, d, gen, dtype=dtype)
+        cand = torch.randint(0, p, (n, k1), generator=gen)
+        cand[:, 0] = torch.arange(n) % p
+        cand[:400, 1:] = -1
+    else:
+        raise ValueError(kind)
+    teacher = torch.randn(cand.shape, generator=gen) * 2
+    return anchors, pool, cand, teacher, torch.tensor(10.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["one_for_all", "chunk_aligned", "absent_runs"])
+def test_fused_distill_pool_gradient_segments(kind, dtype, monkeypatch, gen):
+    anchors, pool, cand, teacher, scale = _shared_candidate_case(kind, gen, dtype)
+    scale = scale.to(scale_dtype(dtype))
+    with cpu_kernels(monkeypatch):
+        cpu = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cpu")
+    with fused(monkeypatch):
+        got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda")
+        again = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda")
+    ref = distill_run(reference.distill_loss, anchors.double(), pool.double(), cand, teacher.double(),
+                      scale.double(), "cpu")
+    for i, (x, y, c, r) in enumerate(zip(got, again, cpu, ref)):
+        assert torch.equal(x, y), f"output {i} differs between two runs"
+        atol_scale = 1.0 if i < 4 else 10.0
+        close(x, c, dtype, atol_scale)
+        close(x, r, dtype, atol_scale)
+    d_pool = got[5].cpu()
+    named = torch.zeros(pool.shape[0], dtype=torch.bool)
+    named[cand[cand >= 0]] = True
+    assert (d_pool[~named] == 0).all()  # rows no candidate names stay exactly zero
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DISTILL_SHAPES)
+def test_fused_distill_loss_shapes(shape, dtype, monkeypatch, gen):
+    anchors, pool, cand, teacher, scale = distill_case(shape, gen, dtype)
+    scale = scale.to(scale_dtype(dtype))
+    with cpu_kernels(monkeypatch):
+        cpu = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cpu", kind="kl", weighting="dcd")
+    with fused(monkeypatch):
+        got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda", kind="kl", weighting="dcd")
+    for i, (x, c) in enumerate(zip(got, cpu)):
+        close(x, c, dtype, 1.0 if i < 4 else 10.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_contrastive_bitwise_reruns_large(dtype, monkeypatch, gen):
+    """Many CTAs, column slots, D chunks of one: five runs give identical bits (no atomics anywhere)."""
+    img, txt, scale, kw = _rect(20000, 3000, 64, gen, dtype, scale=30.0)
+    img, txt = img.cuda(), txt.cuda()
+    kw = {key: v.cuda() for key, v in kw.items()}
+    with fused(monkeypatch):
+        first = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
+        for _ in range(4):
+            for x, y in zip(first, contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")):
+                assert torch.equal(x, y)
 
 
 # ------------------------------------------------------- the chunked implementation (DCD_CUDA_IMPL=chunked)
