@@ -1,7 +1,7 @@
 // Fused contrastive loss on CUDA (docs/design.md section 7).
 //
-// Forward, one pass over the score tiles (1 GEMM-equivalent): each CTA walks a fixed, strided set of
-// 32-row blocks across all 64-column tiles; the row LSE is an online reduction inside the CTA, and the
+// Forward, one pass over the score tiles (1 GEMM-equivalent): one wave of CTAs, each walking a fixed,
+// strided set of 32-row blocks across all 64-column tiles; the row LSE is an online reduction inside the CTA, and the
 // column statistics of every tile are folded into the CTA's own slot of a [parts, M] (max, sum)
 // workspace (only that CTA touches the slot, in a fixed order); a second small kernel merges the slots
 // of each column in slot order with the shared OnlineLSE.
@@ -31,7 +31,7 @@ __device__ __forceinline__ PairMask to_pair_mask(const MaskArgs& m) {
 }
 
 template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 3)
     lse_kernel(const in_t* a, int64_t n, const in_t* b, int64_t m, int64_t d, const acc_t* scale_ptr,
                MaskArgs mask_args, acc_t* row_lse, acc_t* part_max, acc_t* part_sum) {
   using Gemm = typename TileGemmFor<in_t, acc_t>::type;
@@ -198,7 +198,34 @@ cudaError_t grad_config(Kernel kernel, int64_t d, int64_t* dc, int64_t* chunks, 
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(*dyn_bytes));
 }
 
+template <typename in_t, typename acc_t>
+int64_t col_parts(int64_t rows, int64_t cols) {
+  const int64_t row_blocks = (rows + kRows - 1) / kRows;
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, lse_kernel<in_t, acc_t>, kThreads, 0) != cudaSuccess)
+    return 0;
+  int64_t parts = static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1);
+  int64_t budget = (int64_t(256) << 20) / (2 * static_cast<int64_t>(sizeof(acc_t)) * (cols > 0 ? cols : 1));
+  if (budget < 16) budget = 16;
+  if (parts > budget) parts = budget;
+  if (parts > 512) parts = 512;
+  if (parts > row_blocks) parts = row_blocks;
+  return parts > 0 ? parts : 1;
+}
+
 }  // namespace
+
+int64_t contrastive_col_parts(Matrix a, Matrix b) {
+  switch (a.dtype) {
+    case DType::kFloat32: return col_parts<float, float>(a.rows, b.rows);
+    case DType::kFloat16: return col_parts<__half, float>(a.rows, b.rows);
+    case DType::kBFloat16: return col_parts<__nv_bfloat16, float>(a.rows, b.rows);
+    case DType::kFloat64: return col_parts<double, double>(a.rows, b.rows);
+  }
+  return 0;
+}
 
 cudaError_t contrastive_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* row_lse, void* col_lse,
                             void* workspace, int64_t parts, cudaStream_t stream) {

@@ -10,6 +10,8 @@
 
 #include <mma.h>
 
+#include <cstdint>
+
 #include "cuda/tile_gemm.cuh"
 #include "dcd/online_lse.h"
 #include "dcd/pair_mask.h"
@@ -133,6 +135,7 @@ struct WmmaGradProduct {
     __align__(32) half_t ds[kRows][kDsLd];
     __align__(32) half_t b[kCols][kBLd];
   };
+  static_assert(kBLd % 8 == 0 && kGradStrip % 8 == 0, "16-byte staging of b needs 16-byte aligned rows");
 
   // A power of two 2^(14 - e) with g_bound < 2^e: |dS| * factor < 2^14, inside the float16 range with
   // the smallest probabilities of a 10^6-wide softmax still normal; 1 when the bound is 0 or not finite.
@@ -156,11 +159,25 @@ struct WmmaGradProduct {
       const int r = e / kCols, c = e % kCols;
       sm.ds[r][c] = from_float<half_t>(tile[r][c]);
     }
+    // 16-byte loads when every row of b starts 16-byte aligned: then k_begin, k0 and k_len are multiples
+    // of 8 too, so each group of 8 is wholly inside or outside the chunk
+    const bool vec = d % 8 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
     for (int64_t k0 = 0; k0 < k_len; k0 += kGradStrip) {
-      for (int e = tid; e < kCols * kGradStrip; e += kThreads) {
-        const int c = e / kGradStrip, kk = e % kGradStrip;
-        const int64_t gc = c0 + c;
-        sm.b[c][kk] = (gc < m && k0 + kk < k_len) ? b[gc * d + k_begin + k0 + kk] : zero;
+      if (vec) {
+        constexpr int kGroups = kGradStrip / 8;
+        for (int e = tid; e < kCols * kGroups; e += kThreads) {
+          const int c = e / kGroups, kk = (e % kGroups) * 8;
+          const int64_t gc = c0 + c;
+          uint4 v = make_uint4(0u, 0u, 0u, 0u);  // +0 in float16 and bfloat16 alike
+          if (gc < m && k0 + kk < k_len) v = *reinterpret_cast<const uint4*>(b + gc * d + k_begin + k0 + kk);
+          *reinterpret_cast<uint4*>(&sm.b[c][kk]) = v;
+        }
+      } else {
+        for (int e = tid; e < kCols * kGradStrip; e += kThreads) {
+          const int c = e / kGradStrip, kk = e % kGradStrip;
+          const int64_t gc = c0 + c;
+          sm.b[c][kk] = (gc < m && k0 + kk < k_len) ? b[gc * d + k_begin + k0 + kk] : zero;
+        }
       }
       __syncthreads();
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> out;

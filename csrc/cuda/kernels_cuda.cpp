@@ -96,8 +96,10 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) 
   auto opts = u.options().dtype(acc);
   auto row_lse = at::empty({u.size(0)}, opts);
   auto col_lse = at::empty({v.size(0)}, opts);
-  // per-CTA column (max, sum) slots of the one-pass forward (launchers.h: at most 256 MiB)
-  const int64_t parts = ck::contrastive_col_parts(u.size(0), v.size(0), static_cast<int64_t>(c10::elementSize(acc)));
+  // per-CTA column (max, sum) slots of the one-pass forward (launchers.h: at most 512 x M, 256 MiB)
+  const int64_t parts = ck::contrastive_col_parts(matrix(u), matrix(v));
+  TORCH_CHECK(parts > 0, "dcd_ext CUDA kernel contrastive_loss: device query failed: ",
+              cudaGetErrorString(cudaGetLastError()));
   auto workspace = at::empty({2 * parts * v.size(0)}, opts);
   const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
   const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();

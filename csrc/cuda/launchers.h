@@ -34,22 +34,17 @@ cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t*
 // Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
 constexpr int64_t kContrastiveRowsPerBlock = 32;
 
-// Column-partial slots of the contrastive forward (one per CTA; each CTA walks a fixed, strided set of
-// row blocks): at most 512, the whole workspace (slots x cols (max, sum) pairs) at most 256 MiB unless
-// that leaves fewer than 16 slots. A function of the shapes only, so reruns merge in the same order.
-inline int64_t contrastive_col_parts(int64_t rows, int64_t cols, int64_t acc_bytes) {
-  const int64_t row_blocks = (rows + kContrastiveRowsPerBlock - 1) / kContrastiveRowsPerBlock;
-  int64_t budget = (int64_t(256) << 20) / (2 * acc_bytes * (cols > 0 ? cols : 1));
-  if (budget < 16) budget = 16;
-  int64_t parts = budget < 512 ? budget : 512;
-  if (parts > row_blocks) parts = row_blocks;
-  return parts > 0 ? parts : 1;
-}
+// Column-partial slots of the contrastive forward = its CTAs (each walks a fixed, strided set of 32-row
+// blocks): one per row block up to the CTAs the device holds at once (one full wave, so no tail wave),
+// and at most 512 and 256 MiB of workspace (slots x cols (max, sum) pairs) unless that leaves fewer
+// than 16 slots. It depends on the shapes and the device only, so reruns on a device merge in the same
+// order (bitwise-identical results); 0 when the device query fails.
+int64_t contrastive_col_parts(Matrix a, Matrix b);
 
 // Both log-sum-exps in one pass over the score tiles (acc = float, or double for float64 input):
 //   row_lse[i] = log sum_{j allowed in row i} exp(scale <a_i, b_j>),
 //   col_lse[j] = log sum_{i allowed in column j} exp(scale <a_i, b_j>).
-// workspace holds 2 * parts * b.rows acc values (parts = contrastive_col_parts(a.rows, b.rows, acc bytes)):
+// workspace holds 2 * parts * b.rows acc values (parts = contrastive_col_parts(a, b)):
 // per CTA the running (max, sum) of every column, merged in slot order by a second kernel.
 cudaError_t contrastive_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* row_lse, void* col_lse,
                             void* workspace, int64_t parts, cudaStream_t stream);
