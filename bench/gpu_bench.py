@@ -166,7 +166,8 @@ def contrastive_group(t: Table, b: int, d: int, naive: bool):
             loss.backward()
             return [loss.detach(), img.grad.clone(), txt.grad.clone(), scale.grad.clone()]
 
-    t.record(group, "bf16 GEMM img @ txt.T (one of the fused kernels' ~5 GEMM-equivalents)", lambda: img.detach() @ txt.detach().T)
+    t.record(group, "bf16 GEMM img @ txt.T (one of the fused kernels' ~5 GEMM-equivalents)",
+             lambda: img.detach() @ txt.detach().T)
     t.record(group, "dcd_ext fused", step(ops.contrastive_loss), impl="fused")
     t.record(group, "dcd_ext chunked (cuBLAS + ATen)", step(ops.contrastive_loss), impl="chunked")
     if naive:
