@@ -1,5 +1,6 @@
 // Torch glue of the CUDA kernels: tensors to raw pointers on the current device and stream, launch
 // status checks. The kernels themselves (.cu files) include no torch headers.
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -81,8 +82,18 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
   auto values = at::full({n, k}, -std::numeric_limits<float>::infinity(), query.options().dtype(at::kFloat));
   auto indices = at::full({n, k}, -1, query.options().dtype(at::kLong));
   auto [q, kk] = common_dtype(query, keys);
+  // key splits for few queries against many keys (P5): partial lists in a workspace, merged on the device
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;  // cached, no synchronisation
+  const int64_t splits = ck::similarity_topk_splits(n, kk.size(0), k, sms);
+  at::Tensor ws_v, ws_i;
+  if (splits > 1) {
+    ws_v = at::empty({splits - 1, n, k}, values.options());
+    ws_i = at::empty({splits - 1, n, k}, indices.options());
+  }
   check_launch(ck::similarity_topk(matrix(q), matrix(kk), k, ptr_or_null(query_ids), ptr_or_null(key_ids),
-                                   values.data_ptr<float>(), indices.data_ptr<int64_t>(),
+                                   values.data_ptr<float>(), indices.data_ptr<int64_t>(), splits,
+                                   splits > 1 ? ws_v.data_ptr<float>() : nullptr,
+                                   splits > 1 ? ws_i.data_ptr<int64_t>() : nullptr,
                                    c10::cuda::getCurrentCUDAStream()),
                "similarity_topk");
   return {values, indices};

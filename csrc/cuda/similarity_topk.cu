@@ -1,8 +1,21 @@
-// Fused similarity + top-k: each CTA owns kRows query rows, streams key tiles through the tile producer
-// and keeps each row's sorted top-k list in the output arrays. A warp handles 4 rows; its lanes test
-// the tile against the row's current k-th value, and the rare survivors are inserted in increasing
-// column order (ties keep the smaller index). The score tile never leaves shared memory.
-#include "cuda/tile_gemm.cuh"
+// Fused similarity + top-k (docs/design.md section 7).
+//
+// Grid (row blocks, key splits). A CTA owns kBM = 64 query rows and one split, a contiguous range of
+// kBN = 128-key tiles; it streams those tiles through the mma_tile producer (cp.async, two stages, tensor
+// cores for 16-bit inputs) into a shared-memory score tile, which never reaches global memory. Each row
+// is owned by one warp (rows warp, warp + 8, ...): its lanes test 32 scores at a time against the row's
+// threshold (the k-th value of its list), and the survivors are appended, by ballot and prefix count, to
+// a 32-entry candidate buffer of the row in shared memory. When a buffer would overflow (and at the end),
+// the warp sorts it (ranks by comparison) and merges it into the row's sorted list in one parallel pass
+// ("merge path", dcd/topk.h: each lane computes one output position; 32 positions per step, from the top
+// down to the first changed one), then takes the new k-th value as threshold. Nothing is inserted
+// serially, and a flush costs O((k + 32) / 32 * log 32) per lane, so k in the thousands stays cheap.
+// Split 0 keeps its lists in the output, split s > 0 in workspace slice s - 1; a second kernel merges a
+// row's splits pairwise in a tree. The top-k of the union under the (value, index) order is unique, so
+// the result is bitwise the same for any split count or merge order (ties: the smaller key index).
+#include <cstdint>
+
+#include "cuda/mma_tile.cuh"
 #include "dcd/topk.h"
 
 namespace dcd {
@@ -10,56 +23,264 @@ namespace cuda_kernels {
 
 namespace {
 
-template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    similarity_topk_kernel(const in_t* q, int64_t n, const in_t* keys, int64_t m, int64_t d, int k,
-                           const int64_t* qid, const int64_t* kid, float* values, int64_t* indices) {
-  using Gemm = typename TileGemmFor<in_t, acc_t>::type;
-  __shared__ typename Gemm::Smem sm;
-  __shared__ __align__(32) acc_t tile[kRows][kTileLd];  // WMMA stores need 256-bit alignment
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int kRowsPerWarp = kRows / (kThreads / 32);
+constexpr int kTopkThreads = 256;
+constexpr int kTopkWarps = kTopkThreads / 32;
+constexpr int kBM = 64;          // query rows per CTA
+constexpr int kBN = 128;         // keys per tile
+constexpr int kScoreLd = kBN + 4;
+constexpr int kCap = 32;         // candidate buffer entries per row
+constexpr int kMaxSplitTiles = 1 << 23;  // buffered key offsets are int32: at most 2^30 keys per split
 
-  for (int64_t c0 = 0; c0 < m; c0 += kCols) {
-    Gemm::run(q, n, keys, m, d, r0, c0, sm, tile);
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp * kRowsPerWarp + rr;
+template <typename in_t>
+using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kTopkThreads>;
+
+// Dynamic shared memory: two stages, the score tile, the candidate buffers, per-row threshold and count.
+template <typename in_t>
+struct TopkSmem {
+  static constexpr std::size_t kStages = 0;
+  static constexpr std::size_t kTile = kStages + TopkProducer<in_t>::kSmemBytes;
+  static constexpr std::size_t kBufV = kTile + sizeof(float) * kBM * kScoreLd;
+  static constexpr std::size_t kBufI = kBufV + sizeof(float) * kBM * kCap;
+  static constexpr std::size_t kThr = kBufI + sizeof(int32_t) * kBM * kCap;
+  static constexpr std::size_t kCnt = kThr + sizeof(float) * kBM;
+  static constexpr std::size_t kBytes = kCnt + sizeof(int) * kBM;
+  static_assert(kTile % 128 == 0 && kBufV % 16 == 0, "alignment");
+};
+
+// Merges the sorted entries b[0..nb) (indices base + bi[q]) into the sorted length-k list (av, ai) in
+// place: the warp form of dcd::merge_topk_inplace (32 positions per step, top down). All lanes call it.
+template <typename bidx_t>
+__device__ void warp_merge(float* av, int64_t* ai, int k, const float* bv, const bidx_t* bi, int64_t base, int nb) {
+  const int lane = threadIdx.x % 32;
+  nb = topk_count_before(bv, bi, base, nb, av[k - 1], ai[k - 1]);  // same value in every lane
+  if (nb == 0) return;
+  const int top0 = topk_merge_top(ai, k, nb);
+  for (int top = top0; top > 0; top -= 32) {
+    const int o = top - 32 + lane;
+    const bool active = o >= 0;
+    float v = 0.0f;
+    int64_t i = -1;
+    int b = 0;
+    if (active) b = topk_merged_at(av, ai, bv, bi, base, nb, o, v, i);
+    const bool done = __all_sync(kFullMask, !active || b == 0);  // positions below are unchanged
+    __syncwarp();  // every lane has read before any lane writes
+    if (active) {
+      av[o] = v;
+      ai[o] = i;
+    }
+    __syncwarp();
+    if (done) break;
+  }
+}
+
+// Sorts a row's candidate buffer (distinct offsets, so ranks are a permutation) and merges it into the
+// row's list. All lanes call it; returns the list's new k-th value.
+__device__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int32_t* bo, int cnt, int64_t base) {
+  const int lane = threadIdx.x % 32;
+  float mv = 0.0f;
+  int32_t mo = 0;
+  int rank = 0;
+  if (lane < cnt) {
+    mv = bv[lane];
+    mo = bo[lane];
+    for (int x = 0; x < cnt; ++x) rank += topk_before(bv[x], static_cast<index_t>(bo[x]), mv, static_cast<index_t>(mo));
+  }
+  __syncwarp();
+  if (lane < cnt) {
+    bv[rank] = mv;
+    bo[rank] = mo;
+  }
+  __syncwarp();
+  warp_merge(lv, li, k, bv, bo, base, cnt);
+  return lv[k - 1];
+}
+
+// Two CTAs per SM (128 registers a thread); float64's 4 x 8 double accumulators need more, so one.
+template <typename in_t>
+constexpr int kMinBlocks = std::is_same<in_t, double>::value ? 1 : 2;
+
+template <typename in_t>
+__global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
+    similarity_topk_kernel(const in_t* __restrict__ q, int64_t n, const in_t* __restrict__ keys, int64_t m, int64_t d,
+                           int k, const int64_t* __restrict__ qid, const int64_t* __restrict__ kid, float* out_v,
+                           int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t tiles_per_split, bool vec) {
+  using P = TopkProducer<in_t>;
+  using L = TopkSmem<in_t>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  in_t* stages = reinterpret_cast<in_t*>(smem + L::kStages);
+  float* tile = reinterpret_cast<float*>(smem + L::kTile);
+  float* buf_v = reinterpret_cast<float*>(smem + L::kBufV);
+  int32_t* buf_i = reinterpret_cast<int32_t*>(smem + L::kBufI);
+  float* thr_s = reinterpret_cast<float*>(smem + L::kThr);
+  int* cnt_s = reinterpret_cast<int*>(smem + L::kCnt);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t split = blockIdx.y;
+  const int64_t col_begin = split * tiles_per_split * kBN;
+  const int64_t col_end = col_begin + tiles_per_split * kBN < m ? col_begin + tiles_per_split * kBN : m;
+  float* list_v = split == 0 ? out_v : ws_v + (split - 1) * n * k;
+  int64_t* list_i = split == 0 ? out_i : ws_i + (split - 1) * n * k;
+
+  // each warp initialises its rows' lists (padding) and buffers
+  for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
+    float* lv = list_v + (r0 + r) * k;
+    int64_t* li = list_i + (r0 + r) * k;
+    for (int x = lane; x < k; x += 32) {
+      lv[x] = neg_infinity<float>();
+      li[x] = -1;
+    }
+    if (lane == 0) {
+      thr_s[r] = neg_infinity<float>();
+      cnt_s[r] = 0;
+    }
+  }
+  __syncwarp();
+
+  const int steps = P::k_steps(d);
+  const int64_t tiles = (col_end - col_begin + kBN - 1) / kBN;
+  const int64_t total = tiles * steps;
+  typename P::Frag acc;
+  P::zero(acc);
+  if (total > 0) P::load(q, n, keys, m, d, r0, col_begin, 0, stages, vec);
+  for (int64_t it = 0; it < total; ++it) {
+    mma_tile::copy_wait_all();
+    __syncthreads();  // stage it visible; every thread is past step it - 1 and the last selection
+    if (it + 1 < total) {
+      const int64_t t1 = (it + 1) / steps;
+      P::load(q, n, keys, m, d, r0, col_begin + t1 * kBN, static_cast<int>((it + 1) % steps),
+              stages + ((it + 1) & 1) * P::kStageElems, vec);
+    }
+    P::mma(acc, stages + (it & 1) * P::kStageElems);
+    if ((it + 1) % steps != 0) continue;
+
+    // the tile is complete: scores to shared memory, then each warp selects for its rows
+    const int64_t c0 = col_begin + (it / steps) * kBN;
+    P::store(acc, tile, kScoreLd);
+    P::zero(acc);
+    __syncthreads();
+    for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
       const int64_t i = r0 + r;
-      if (i >= n) break;
-      float* vals = values + i * k;
-      int64_t* idx = indices + i * k;
+      float* lv = list_v + i * k;
+      int64_t* li = list_i + i * k;
+      float* bv = buf_v + r * kCap;
+      int32_t* bo = buf_i + r * kCap;
       const int64_t my_id = qid ? qid[i] : 0;
-      float threshold = vals[k - 1];
-      for (int half = 0; half < kCols; half += 32) {
-        const int64_t j = c0 + half + lane;
-        const float v = static_cast<float>(tile[r][half + lane]);
-        const bool pass = j < m && v > threshold && !(kid && kid[j] == my_id);
+      float thr = thr_s[r];
+      int cnt = cnt_s[r];
+#pragma unroll
+      for (int h = 0; h < kBN; h += 32) {
+        const int64_t j = c0 + h + lane;
+        const float v = tile[r * kScoreLd + h + lane];
+        bool pass = j < col_end && v > thr && !(kid && kid[j] == my_id);
         unsigned ballot = __ballot_sync(kFullMask, pass);
-        while (ballot) {
-          const int src = __ffs(ballot) - 1;
-          ballot &= ballot - 1;
-          const float cv = __shfl_sync(kFullMask, v, src);
-          if (lane == 0) topk_insert(vals, idx, k, cv, c0 + half + src);
-          __syncwarp();
-          threshold = vals[k - 1];
+        if (ballot == 0) continue;
+        if (cnt + __popc(ballot) > kCap) {
+          thr = flush_candidates(lv, li, k, bv, bo, cnt, col_begin);
+          cnt = 0;
+          pass = pass && v > thr;
+          ballot = __ballot_sync(kFullMask, pass);
         }
+        if (pass) {
+          const int pos = cnt + __popc(ballot & ((1u << lane) - 1u));
+          bv[pos] = v;
+          bo[pos] = static_cast<int32_t>(j - col_begin);
+        }
+        cnt += __popc(ballot);
+        __syncwarp();
       }
+      if (lane == 0) {
+        thr_s[r] = thr;
+        cnt_s[r] = cnt;
+      }
+      __syncwarp();
+    }
+  }
+
+  // the rest of every buffer
+  for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
+    const int cnt = cnt_s[r];
+    if (cnt > 0) flush_candidates(list_v + (r0 + r) * k, list_i + (r0 + r) * k, k, buf_v + r * kCap,
+                                  buf_i + r * kCap, cnt, col_begin);
+  }
+}
+
+// One CTA per row: the splits' lists merged pairwise in a tree (split s absorbs s + stride), each pair by
+// one warp. Lists hold unique top-k sets, so the result does not depend on the order.
+__global__ void similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t n,
+                                             int k, int splits) {
+  const int64_t i = blockIdx.x;
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int stride = 1; stride < splits; stride *= 2) {
+    for (int s = warp * 2 * stride; s + stride < splits; s += warps * 2 * stride) {
+      const int t = s + stride;
+      float* av = s == 0 ? out_v + i * k : ws_v + ((s - 1) * n + i) * k;
+      int64_t* ai = s == 0 ? out_i + i * k : ws_i + ((s - 1) * n + i) * k;
+      warp_merge(av, ai, k, ws_v + ((t - 1) * n + i) * k, ws_i + ((t - 1) * n + i) * k, int64_t{0}, k);
     }
     __syncthreads();
   }
 }
 
+template <typename in_t>
+cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
+                        int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, cudaStream_t stream) {
+  using P = TopkProducer<in_t>;
+  const int64_t n = query.rows, m = keys.rows, d = query.cols;
+  const int64_t tiles = (m + kBN - 1) / kBN;
+  if (splits < 1) splits = 1;
+  int64_t per_split = (tiles + splits - 1) / splits;
+  if (per_split > kMaxSplitTiles) return cudaErrorInvalidValue;
+  splits = (tiles + per_split - 1) / per_split;  // no empty split
+  if (splits > 1 && (ws_v == nullptr || ws_i == nullptr)) return cudaErrorInvalidValue;
+  if (splits > 65535 || ceil_div(n, kBM) > 0x7fffffffu) return cudaErrorInvalidValue;
+  const auto* qp = static_cast<const in_t*>(query.data);
+  const auto* kp = static_cast<const in_t*>(keys.data);
+  const bool vec = P::vector_loads(qp, kp, d);
+  const std::size_t smem = TopkSmem<in_t>::kBytes;
+  cudaError_t status = cudaFuncSetAttribute(similarity_topk_kernel<in_t>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (status != cudaSuccess) return status;
+  const dim3 grid(ceil_div(n, kBM), static_cast<unsigned>(splits));
+  similarity_topk_kernel<in_t><<<grid, kTopkThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices,
+                                                                     ws_v, ws_i, per_split, vec);
+  status = cudaGetLastError();
+  if (status != cudaSuccess || splits == 1) return status;
+  const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > 32 ? 32 : splits / 2);
+  similarity_topk_merge_kernel<<<static_cast<unsigned>(n), static_cast<unsigned>(32 * warps), 0, stream>>>(
+      values, indices, ws_v, ws_i, n, k, static_cast<int>(splits));
+  return cudaGetLastError();
+}
+
 }  // namespace
 
+int64_t similarity_topk_splits(int64_t n, int64_t m, int64_t k, int sm_count) {
+  if (n <= 0 || m <= 0 || k <= 0) return 1;
+  const int64_t row_blocks = (n + kBM - 1) / kBM, tiles = (m + kBN - 1) / kBN;
+  const int64_t target = 2 * static_cast<int64_t>(sm_count < 1 ? 1 : sm_count);  // two CTAs per SM
+  int64_t s = row_blocks >= target ? 1 : (target + row_blocks - 1) / row_blocks;
+  const int64_t by_k = m / (2 * k);                  // a split scans at least 2k keys (merge cost ~ k)
+  const int64_t by_ws = 1 + (int64_t{1} << 22) / (n * k);  // workspace (s - 1) n k <= 2^22 entries
+  s = s < by_k ? s : by_k;
+  s = s < by_ws ? s : by_ws;
+  s = s < tiles ? s : tiles;
+  s = s < 65535 ? s : 65535;
+  const int64_t min_s = (tiles + kMaxSplitTiles - 1) / kMaxSplitTiles;  // int32 offsets within a split
+  s = s > min_s ? s : min_s;
+  s = s > 1 ? s : 1;
+  const int64_t per_split = (tiles + s - 1) / s;
+  return (tiles + per_split - 1) / per_split;
+}
+
 cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
-                            float* values, int64_t* indices, cudaStream_t stream) {
+                            float* values, int64_t* indices, int64_t splits, float* ws_values, int64_t* ws_indices,
+                            cudaStream_t stream) {
   if (query.rows == 0 || keys.rows == 0 || k == 0) return cudaSuccess;
+  if (k > 0x7fffffff) return cudaErrorInvalidValue;
   DCD_DISPATCH_DTYPE(query.dtype, {
-    similarity_topk_kernel<in_t, float><<<ceil_div(query.rows, kRows), kThreads, 0, stream>>>(
-        static_cast<const in_t*>(query.data), query.rows, static_cast<const in_t*>(keys.data), keys.rows, query.cols,
-        static_cast<int>(k), query_ids, key_ids, values, indices);
-    return cudaGetLastError();
+    static_assert(sizeof(acc_t) > 0, "");
+    return launch_topk<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
+                             ws_values, ws_indices, stream);
   })
 }
 

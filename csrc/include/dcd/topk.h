@@ -102,6 +102,21 @@ DCD_HOST_DEVICE int topk_merged_at(const val_t* av, const index_t* ai, const val
   return b;
 }
 
+// One past the last position a merge of nb entries into a can change: a's real entries plus nb (the
+// positions above hold padding before and after), at most k.
+DCD_HOST_DEVICE int topk_merge_top(const index_t* ai, int k, int nb) {
+  int lo = 0, hi = k;  // a's real entries form a prefix (padding has index -1)
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (ai[mid] >= 0) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return k - lo > nb ? lo + nb : k;
+}
+
 // Serial form of the warp merge: positions are filled top-down in chunks of `width`, each chunk read
 // completely before it is written (a warp's lanes are one chunk). Stops below the first b entry.
 template <typename val_t, typename bidx_t>
@@ -110,11 +125,12 @@ DCD_HOST_DEVICE void merge_topk_inplace(val_t* av, index_t* ai, int k, const val
   if (k <= 0) return;
   nb = topk_count_before(bv, bi, base, nb, av[k - 1], ai[k - 1]);
   if (nb == 0) return;
+  const int last = topk_merge_top(ai, k, nb);
   constexpr int kMaxWidth = 64;
   val_t cv[kMaxWidth];
   index_t ci[kMaxWidth];
   width = width < 1 ? 1 : (width > kMaxWidth ? kMaxWidth : width);
-  for (int top = k; top > 0; top -= width) {
+  for (int top = last; top > 0; top -= width) {
     const int low = top - width > 0 ? top - width : 0;
     bool done = false;
     for (int o = low; o < top; ++o) {
