@@ -1,6 +1,5 @@
 // Torch glue of the CUDA kernels: tensors to raw pointers on the current device and stream, launch
 // status checks. The kernels themselves (.cu files) include no torch headers.
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -83,7 +82,9 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
   auto indices = at::full({n, k}, -1, query.options().dtype(at::kLong));
   auto [q, kk] = common_dtype(query, keys);
   // key splits for few queries against many keys (P5): partial lists in a workspace, merged on the device
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;  // cached, no synchronisation
+  int sms = 0;  // a device attribute: no synchronisation
+  check_launch(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, query.get_device()),
+               "similarity_topk (device attribute)");
   const int64_t splits = ck::similarity_topk_splits(n, kk.size(0), k, sms);
   at::Tensor ws_v, ws_i;
   if (splits > 1) {

@@ -1,12 +1,13 @@
 // A second, faster tile producer (for similarity_topk; tile_gemm.cuh stays as the contrastive and
 // distillation kernels use it). A CTA of kThreads threads computes S[r][c] = <a_{r0+r}, b_{c0+c}> for a
 // kBM x kBN tile by streaming D through shared memory in stages of 64 bytes per row (32 float16/bfloat16,
-// 16 float32 or 8 float64 elements), two stages deep:
+// 16 float32 or 8 float64 elements), kStages deep:
 //   - loads: 16-byte cp.async copies (sm_80+; a plain 16-byte load and store before) with zero-fill for
 //     rows past the matrix end and for the D tail, when D * sizeof(element) is a multiple of 16 and both
 //     base pointers are 16-byte aligned; otherwise a scalar, zero-filled element loop (any D);
-//   - pipeline: stage s + 1 is issued right after the one barrier of step s, so it lands while step s
-//     multiplies (one barrier per K step; the caller drives the loop, see similarity_topk.cu);
+//   - pipeline: kStages stages (2 or 3); step s + kStages - 1 is issued right after the one barrier of
+//     step s, so it lands while the steps before it multiply (one barrier per K step; the caller drives
+//     the loop, see similarity_topk.cu);
 //   - products: float16 (sm_70+) and bfloat16 (sm_80+) on tensor cores, WMMA m16n16k16 with float
 //     accumulation, each warp a (kBM / 2) x (kBN / (warps / 2)) block of 16 x 16 fragments; float32,
 //     float64 and 16-bit inputs without tensor cores on an exact SIMT path (products of the same rounded
@@ -56,10 +57,12 @@ __device__ __forceinline__ void copy_commit() {
 #endif
 }
 
-// Waits for every copy this thread issued (a barrier then makes all threads' copies visible).
-__device__ __forceinline__ void copy_wait_all() {
+// Waits until at most `kPending` of this thread's most recent copy groups are still in flight (a
+// barrier then makes all threads' completed copies visible).
+template <int kPending>
+__device__ __forceinline__ void copy_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 
@@ -171,16 +174,17 @@ struct StageMma<in_t, kBM, kBN, kThreads, kLd, kBK, false> {
   }
 };
 
-template <typename in_t, int kBM_, int kBN_, int kThreads_>
+template <typename in_t, int kBM_, int kBN_, int kThreads_, int kStages_>
 struct Producer {
-  static constexpr int kBM = kBM_, kBN = kBN_, kThreads = kThreads_;
+  static constexpr int kBM = kBM_, kBN = kBN_, kThreads = kThreads_, kStages = kStages_;
+  static_assert(kStages >= 2, "at least double buffering");
   static constexpr int kRowBytes = 64;                                    // D bytes per row and stage
   static constexpr int kBK = kRowBytes / static_cast<int>(sizeof(in_t));  // D elements per stage
   static constexpr int kVec = 16 / static_cast<int>(sizeof(in_t));        // elements per 16-byte copy
   static constexpr int kLd = kBK + kVec;  // padded row: 80 bytes (WMMA: a multiple of 16 bytes)
   static constexpr int kStageElems = (kBM + kBN) * kLd;
   static constexpr std::size_t kStageBytes = static_cast<std::size_t>(kStageElems) * sizeof(in_t);
-  static constexpr std::size_t kSmemBytes = 2 * kStageBytes;  // two stages
+  static constexpr std::size_t kSmemBytes = kStages * kStageBytes;
   static constexpr bool kTensor = UsesTensorCores<in_t>::value;
   using Mma = StageMma<in_t, kBM, kBN, kThreads, kLd, kBK, kTensor>;
   using Frag = typename Mma::Frag;
@@ -197,7 +201,8 @@ struct Producer {
   }
 
   // Issues the copies of K step `step` (columns step * kBK ...) of a's rows r0.. and b's rows c0.. into
-  // `stage` (kStageElems elements, 16-byte aligned): rows [0, kBM) from a, then kBN rows from b.
+  // `stage` (kStageElems elements, 16-byte aligned): rows [0, kBM) from a, then kBN rows from b. The
+  // caller commits the copy group (commit_group), one per K step, loads or not.
   __device__ static void load(const in_t* a, int64_t a_rows, const in_t* b, int64_t b_rows, int64_t d, int64_t r0,
                               int64_t c0, int step, in_t* stage, bool vec) {
     const int64_t k0 = static_cast<int64_t>(step) * kBK;
@@ -212,7 +217,6 @@ struct Producer {
         const bool valid = g < (from_a ? a_rows : b_rows) && gk < d;  // d % kVec == 0: all or nothing
         copy16(stage + row * kLd + ch * kVec, valid ? base + g * d + gk : base, valid);
       }
-      copy_commit();
     } else {
       const in_t zero = zero_value<in_t>();
       for (int e = threadIdx.x; e < (kBM + kBN) * kBK; e += kThreads) {

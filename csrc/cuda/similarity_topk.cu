@@ -1,10 +1,12 @@
 // Fused similarity + top-k (docs/design.md section 7).
 //
 // Grid (row blocks, key splits). A CTA owns kBM = 64 query rows and one split, a contiguous range of
-// kBN = 128-key tiles; it streams those tiles through the mma_tile producer (cp.async, two stages, tensor
-// cores for 16-bit inputs) into a shared-memory score tile, which never reaches global memory. Each row
-// is owned by one warp (rows warp, warp + 8, ...): its lanes test 32 scores at a time against the row's
-// threshold (the k-th value of its list), and the survivors are appended, by ballot and prefix count, to
+// kBN = 128-key tiles; it streams those tiles through the mma_tile producer (cp.async, three stages where
+// two such CTAs fit an SM, else two; tensor cores for 16-bit inputs) into a shared-memory score tile,
+// which never reaches global memory; the copies of the next tile's first steps overlap the selection.
+// Each row is owned by one warp (rows warp, warp + 8, ...): one vote skips the row when none of its 128
+// scores beats the row's threshold (the k-th value of its list); otherwise its lanes test 32 scores at a
+// time, in increasing column order, and the survivors are appended, by ballot and prefix count, to
 // a 32-entry candidate buffer of the row in shared memory. When a buffer would overflow (and at the end),
 // the warp sorts it (ranks by comparison) and merges it into the row's sorted list in one parallel pass
 // ("merge path", dcd/topk.h: each lane computes one output position; 32 positions per step, from the top
@@ -29,16 +31,18 @@ constexpr int kBM = 64;          // query rows per CTA
 constexpr int kBN = 128;         // keys per tile
 constexpr int kScoreLd = kBN + 4;
 constexpr int kCap = 32;         // candidate buffer entries per row
-constexpr int kMaxSplitTiles = 1 << 23;  // buffered key offsets are int32: at most 2^30 keys per split
+constexpr int kMaxSplitTiles = 1 << 23;
+static_assert(kBN == 128, "the selection reads four 32-column chunks");  // buffered key offsets are int32: at most 2^30 keys per split
 
-template <typename in_t>
-using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kTopkThreads>;
+template <typename in_t, int kStages>
+using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kTopkThreads, kStages>;
 
-// Dynamic shared memory: two stages, the score tile, the candidate buffers, per-row threshold and count.
-template <typename in_t>
+// Dynamic shared memory: the stages, the score tile, the candidate buffers, per-row threshold and count
+// (80 KB with 2 stages, 95 KB with 3).
+template <typename in_t, int kStages>
 struct TopkSmem {
-  static constexpr std::size_t kStages = 0;
-  static constexpr std::size_t kTile = kStages + TopkProducer<in_t>::kSmemBytes;
+  static constexpr std::size_t kStageBase = 0;
+  static constexpr std::size_t kTile = kStageBase + TopkProducer<in_t, kStages>::kSmemBytes;
   static constexpr std::size_t kBufV = kTile + sizeof(float) * kBM * kScoreLd;
   static constexpr std::size_t kBufI = kBufV + sizeof(float) * kBM * kCap;
   static constexpr std::size_t kThr = kBufI + sizeof(int32_t) * kBM * kCap;
@@ -74,8 +78,9 @@ __device__ void warp_merge(float* av, int64_t* ai, int k, const float* bv, const
 }
 
 // Sorts a row's candidate buffer (distinct offsets, so ranks are a permutation) and merges it into the
-// row's list. All lanes call it; returns the list's new k-th value.
-__device__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int32_t* bo, int cnt, int64_t base) {
+// row's list. All lanes call it; returns the list's new k-th value. Not inlined: flushes are rare, and
+// the selection loop keeps its registers.
+__device__ __noinline__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int32_t* bo, int cnt, int64_t base) {
   const int lane = threadIdx.x % 32;
   float mv = 0.0f;
   int32_t mo = 0;
@@ -99,15 +104,15 @@ __device__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int3
 template <typename in_t>
 constexpr int kMinBlocks = std::is_same<in_t, double>::value ? 1 : 2;
 
-template <typename in_t>
+template <typename in_t, int kStages>
 __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
     similarity_topk_kernel(const in_t* __restrict__ q, int64_t n, const in_t* __restrict__ keys, int64_t m, int64_t d,
                            int k, const int64_t* __restrict__ qid, const int64_t* __restrict__ kid, float* out_v,
                            int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t tiles_per_split, bool vec) {
-  using P = TopkProducer<in_t>;
-  using L = TopkSmem<in_t>;
+  using P = TopkProducer<in_t, kStages>;
+  using L = TopkSmem<in_t, kStages>;
   extern __shared__ __align__(128) unsigned char smem[];
-  in_t* stages = reinterpret_cast<in_t*>(smem + L::kStages);
+  in_t* stages = reinterpret_cast<in_t*>(smem + L::kStageBase);
   float* tile = reinterpret_cast<float*>(smem + L::kTile);
   float* buf_v = reinterpret_cast<float*>(smem + L::kBufV);
   int32_t* buf_i = reinterpret_cast<int32_t*>(smem + L::kBufI);
@@ -139,25 +144,40 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
 
   const int steps = P::k_steps(d);
   const int64_t tiles = (col_end - col_begin + kBN - 1) / kBN;
-  const int64_t total = tiles * steps;
   typename P::Frag acc;
   P::zero(acc);
-  if (total > 0) P::load(q, n, keys, m, d, r0, col_begin, 0, stages, vec);
-  for (int64_t it = 0; it < total; ++it) {
-    mma_tile::copy_wait_all();
-    __syncthreads();  // stage it visible; every thread is past step it - 1 and the last selection
-    if (it + 1 < total) {
-      const int64_t t1 = (it + 1) / steps;
-      P::load(q, n, keys, m, d, r0, col_begin + t1 * kBN, static_cast<int>((it + 1) % steps),
-              stages + ((it + 1) & 1) * P::kStageElems, vec);
+  // The K steps of all tiles form one sequence; the copy of a step runs kStages - 1 steps ahead of its
+  // products, into the stages in turn, and each thread commits one copy group per step (empty or not),
+  // so "all but the kStages - 2 latest groups done" means the current step has landed. Counters, not
+  // divisions, track the positions.
+  int64_t load_tile = 0;
+  int load_step = 0, load_stage = 0, read_stage = 0;
+  auto issue = [&]() {
+    if (load_tile < tiles) {
+      P::load(q, n, keys, m, d, r0, col_begin + load_tile * kBN, load_step, stages + load_stage * P::kStageElems,
+              vec);
+      if (++load_step == steps) {
+        load_step = 0;
+        ++load_tile;
+      }
     }
-    P::mma(acc, stages + (it & 1) * P::kStageElems);
-    if ((it + 1) % steps != 0) continue;
+    mma_tile::copy_commit();
+    load_stage = load_stage + 1 == kStages ? 0 : load_stage + 1;
+  };
+  for (int p = 0; p < kStages - 1; ++p) issue();
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int step = 0; step < steps; ++step) {
+      mma_tile::copy_wait<kStages - 2>();
+      __syncthreads();  // this step visible; every thread is past the previous step (whose stage is
+                        // refilled next) and past the last selection (the score tile is free)
+      issue();
+      P::mma(acc, stages + read_stage * P::kStageElems);
+      read_stage = read_stage + 1 == kStages ? 0 : read_stage + 1;
+    }
 
     // the tile is complete: scores to shared memory, then each warp selects for its rows
-    const int64_t c0 = col_begin + (it / steps) * kBN;
+    const int64_t c0 = col_begin + t * kBN;
     P::store(acc, tile, kScoreLd);
-    P::zero(acc);
     __syncthreads();
     for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
       const int64_t i = r0 + r;
@@ -165,25 +185,31 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
       int64_t* li = list_i + i * k;
       float* bv = buf_v + r * kCap;
       int32_t* bo = buf_i + r * kCap;
-      const int64_t my_id = qid ? qid[i] : 0;
       float thr = thr_s[r];
+      // lane l holds columns l, l + 32, l + 64, l + 96, and one vote decides the common case (no score
+      // of the row beats its threshold). Columns are tested in increasing order, which the strict
+      // `v > thr` needs: a later column equal to the k-th value ranks after it (larger index).
+      float v[kBN / 32];
+#pragma unroll
+      for (int e = 0; e < kBN / 32; ++e) v[e] = tile[r * kScoreLd + 32 * e + lane];
+      if (!__any_sync(kFullMask, v[0] > thr || v[1] > thr || v[2] > thr || v[3] > thr)) continue;
+      const int64_t my_id = qid ? qid[i] : 0;
       int cnt = cnt_s[r];
 #pragma unroll
-      for (int h = 0; h < kBN; h += 32) {
-        const int64_t j = c0 + h + lane;
-        const float v = tile[r * kScoreLd + h + lane];
-        bool pass = j < col_end && v > thr && !(kid && kid[j] == my_id);
+      for (int e = 0; e < kBN / 32; ++e) {
+        const int64_t j = c0 + 32 * e + lane;
+        bool pass = j < col_end && v[e] > thr && !(kid && kid[j] == my_id);
         unsigned ballot = __ballot_sync(kFullMask, pass);
         if (ballot == 0) continue;
         if (cnt + __popc(ballot) > kCap) {
           thr = flush_candidates(lv, li, k, bv, bo, cnt, col_begin);
           cnt = 0;
-          pass = pass && v > thr;
+          pass = pass && v[e] > thr;
           ballot = __ballot_sync(kFullMask, pass);
         }
         if (pass) {
           const int pos = cnt + __popc(ballot & ((1u << lane) - 1u));
-          bv[pos] = v;
+          bv[pos] = v[e];
           bo[pos] = static_cast<int32_t>(j - col_begin);
         }
         cnt += __popc(ballot);
@@ -195,6 +221,7 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
       }
       __syncwarp();
     }
+    P::zero(acc);  // after the selection: the accumulators are dead while it runs
   }
 
   // the rest of every buffer
@@ -222,34 +249,53 @@ __global__ void similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float
   }
 }
 
-template <typename in_t>
+template <typename in_t, int kStages>
 cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
-                        int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, cudaStream_t stream) {
-  using P = TopkProducer<in_t>;
+                        int64_t* indices, int64_t splits, int64_t per_split, float* ws_v, int64_t* ws_i,
+                        cudaStream_t stream) {
+  using P = TopkProducer<in_t, kStages>;
   const int64_t n = query.rows, m = keys.rows, d = query.cols;
-  const int64_t tiles = (m + kBN - 1) / kBN;
-  if (splits < 1) splits = 1;
-  int64_t per_split = (tiles + splits - 1) / splits;
-  if (per_split > kMaxSplitTiles) return cudaErrorInvalidValue;
-  splits = (tiles + per_split - 1) / per_split;  // no empty split
-  if (splits > 1 && (ws_v == nullptr || ws_i == nullptr)) return cudaErrorInvalidValue;
-  if (splits > 65535 || ceil_div(n, kBM) > 0x7fffffffu) return cudaErrorInvalidValue;
   const auto* qp = static_cast<const in_t*>(query.data);
   const auto* kp = static_cast<const in_t*>(keys.data);
   const bool vec = P::vector_loads(qp, kp, d);
-  const std::size_t smem = TopkSmem<in_t>::kBytes;
-  cudaError_t status = cudaFuncSetAttribute(similarity_topk_kernel<in_t>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const std::size_t smem = TopkSmem<in_t, kStages>::kBytes;
+  auto kernel = similarity_topk_kernel<in_t, kStages>;
+  cudaError_t status =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (status != cudaSuccess) return status;
   const dim3 grid(ceil_div(n, kBM), static_cast<unsigned>(splits));
-  similarity_topk_kernel<in_t><<<grid, kTopkThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices,
-                                                                     ws_v, ws_i, per_split, vec);
+  kernel<<<grid, kTopkThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split,
+                                                vec);
   status = cudaGetLastError();
   if (status != cudaSuccess || splits == 1) return status;
   const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > 32 ? 32 : splits / 2);
   similarity_topk_merge_kernel<<<static_cast<unsigned>(n), static_cast<unsigned>(32 * warps), 0, stream>>>(
       values, indices, ws_v, ws_i, n, k, static_cast<int>(splits));
   return cudaGetLastError();
+}
+
+// Three stages where two CTAs of that size fit an SM (H100/H200: 228 KB), else two (A100: 164 KB).
+template <typename in_t>
+cudaError_t dispatch_stages(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid,
+                            float* values, int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i,
+                            cudaStream_t stream) {
+  const int64_t tiles = (keys.rows + kBN - 1) / kBN;
+  if (splits < 1) splits = 1;
+  const int64_t per_split = (tiles + splits - 1) / splits;
+  if (per_split > kMaxSplitTiles) return cudaErrorInvalidValue;
+  splits = (tiles + per_split - 1) / per_split;  // no empty split
+  if (splits > 1 && (ws_v == nullptr || ws_i == nullptr)) return cudaErrorInvalidValue;
+  if (splits > 65535 || (query.rows + kBM - 1) / kBM > 0x7fffffff) return cudaErrorInvalidValue;
+  int device = 0, smem_per_sm = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  if (status != cudaSuccess) return status;
+  constexpr std::size_t kReserved = 1024;  // per CTA, sm_80+
+  if (static_cast<std::size_t>(smem_per_sm) >= 2 * (TopkSmem<in_t, 3>::kBytes + kReserved)) {
+    return launch_topk<in_t, 3>(query, keys, k, qid, kid, values, indices, splits, per_split, ws_v, ws_i, stream);
+  }
+  return launch_topk<in_t, 2>(query, keys, k, qid, kid, values, indices, splits, per_split, ws_v, ws_i, stream);
 }
 
 }  // namespace
@@ -279,8 +325,8 @@ cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t*
   if (k > 0x7fffffff) return cudaErrorInvalidValue;
   DCD_DISPATCH_DTYPE(query.dtype, {
     static_assert(sizeof(acc_t) > 0, "");
-    return launch_topk<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
-                             ws_values, ws_indices, stream);
+    return dispatch_stages<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
+                                 ws_values, ws_indices, stream);
   })
 }
 
