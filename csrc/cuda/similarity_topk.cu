@@ -31,8 +31,8 @@ constexpr int kBM = 64;          // query rows per CTA
 constexpr int kBN = 128;         // keys per tile
 constexpr int kScoreLd = kBN + 4;
 constexpr int kCap = 32;         // candidate buffer entries per row
-constexpr int kMaxSplitTiles = 1 << 23;
-static_assert(kBN == 128, "the selection reads four 32-column chunks");  // buffered key offsets are int32: at most 2^30 keys per split
+constexpr int kMaxSplitTiles = 1 << 23;  // buffered key offsets are int32: at most 2^30 keys per split
+static_assert(kBN == 128, "the selection reads four 32-column chunks");
 
 template <typename in_t, int kStages>
 using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kTopkThreads, kStages>;
@@ -80,7 +80,8 @@ __device__ void warp_merge(float* av, int64_t* ai, int k, const float* bv, const
 // Sorts a row's candidate buffer (distinct offsets, so ranks are a permutation) and merges it into the
 // row's list. All lanes call it; returns the list's new k-th value. Not inlined: flushes are rare, and
 // the selection loop keeps its registers.
-__device__ __noinline__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int32_t* bo, int cnt, int64_t base) {
+__device__ __noinline__ float flush_candidates(float* lv, int64_t* li, int k, float* bv, int32_t* bo, int cnt,
+                                               int64_t base) {
   const int lane = threadIdx.x % 32;
   float mv = 0.0f;
   int32_t mo = 0;
@@ -88,7 +89,9 @@ __device__ __noinline__ float flush_candidates(float* lv, int64_t* li, int k, fl
   if (lane < cnt) {
     mv = bv[lane];
     mo = bo[lane];
-    for (int x = 0; x < cnt; ++x) rank += topk_before(bv[x], static_cast<index_t>(bo[x]), mv, static_cast<index_t>(mo));
+    for (int x = 0; x < cnt; ++x) {
+      rank += topk_before(bv[x], static_cast<index_t>(bo[x]), mv, static_cast<index_t>(mo));
+    }
   }
   __syncwarp();
   if (lane < cnt) {
