@@ -85,6 +85,7 @@ TOPK_EXACT_CASES = [  # n, m, d, k, ids
     (3, 200_000, 64, 16, "some"),  # few queries, many keys: many key splits and their merge
     (3, 200_000, 64, 1000, "rows"),  # key splits with deep lists
     (200, 5000, 16, 1, "some"),  # D = 16: half a stage for 16-bit inputs
+    (4, 300, 0, 5, "some"),  # D = 0: every score 0, ties all the way
 ]
 
 

@@ -190,9 +190,10 @@ struct Producer {
   using Frag = typename Mma::Frag;
   static_assert(kStageBytes % 128 == 0, "stages stay 128-byte aligned");
 
-  // Whether the 16-byte copy path applies (host side: D and both base pointers).
+  // Whether the 16-byte copy path applies (host side: D and both base pointers; D = 0, whose pointers
+  // may be null, takes the scalar path, which reads nothing).
   static bool vector_loads(const void* a, const void* b, int64_t d) {
-    return d % kVec == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
+    return d > 0 && d % kVec == 0 && reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
            reinterpret_cast<std::uintptr_t>(b) % 16 == 0;
   }
 
