@@ -46,21 +46,22 @@ def test_similarity_topk_cuda_equals_cpu(n, m, d, k, dtype, gen):
 # index first), which checks the candidate buffers, the merges, the key splits and the padding exactly.
 
 
-def exact_topk(q, keys, k, qid=None, kid=None):
-    """The float64 reference: descending, ties to the smaller index, masked keys and short rows padded."""
-    scores = q.double().cpu() @ keys.double().cpu().T
+def exact_topk(q, keys, k, qid=None, kid=None, device="cpu"):
+    """The float64 reference (on CPU, returned there): descending, ties to the smaller index, masked keys and
+    short rows padded."""
+    scores = q.double().to(device) @ keys.double().to(device).T
     if qid is not None:
-        scores = scores.masked_fill(qid.cpu().view(-1, 1) == kid.cpu().view(1, -1), float("-inf"))
+        scores = scores.masked_fill(qid.to(device).view(-1, 1) == kid.to(device).view(1, -1), float("-inf"))
     n, m = scores.shape
-    values = torch.full((n, k), float("-inf"), dtype=torch.float64)
-    indices = torch.full((n, k), -1, dtype=torch.int64)
+    values = torch.full((n, k), float("-inf"), dtype=torch.float64, device=device)
+    indices = torch.full((n, k), -1, dtype=torch.int64, device=device)
     kk = min(k, m)
     sv, si = torch.sort(scores, dim=1, descending=True, stable=True)
     sv, si = sv[:, :kk], si[:, :kk]
     allowed = sv != float("-inf")
     values[:, :kk] = torch.where(allowed, sv, values[:, :kk])
     indices[:, :kk] = torch.where(allowed, si, indices[:, :kk])
-    return values.float(), indices
+    return values.float().cpu(), indices.cpu()
 
 
 def int_rows(n, d, gen, dtype, lo=-3, hi=4):
@@ -105,6 +106,19 @@ def test_similarity_topk_cuda_exact(n, m, d, k, ids, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tail,m,d,k,ids", [(70, 300, 129, 16, "some"), (1, 1000, 64, 300, "rows"),
+                                            (0, 1000, 256, 1, "none")])
+def test_similarity_topk_cuda_exact_many_queries(tail, m, d, k, ids, dtype, gen):
+    """Enough queries for a 128-row CTA on every SM: the large CTA shape (512 threads, one split)."""
+    n = 128 * torch.cuda.get_device_properties(0).multi_processor_count + tail
+    q, keys = int_rows(n, d, gen, dtype), int_rows(m, d, gen, dtype)
+    qid, kid = topk_ids(n, m, gen, ids)
+    ref_v, ref_i = exact_topk(q, keys, k, qid, kid, device="cuda")
+    v, i = ops.similarity_topk(q.cuda(), keys.cuda(), k, *(() if qid is None else (qid.cuda(), kid.cuda())))
+    assert torch.equal(v.cpu(), ref_v) and torch.equal(i.cpu(), ref_i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_similarity_topk_cuda_unaligned_rows_use_the_scalar_loads(dtype, gen):
     """Keys that start one element past a 16-byte boundary (D a multiple of 16 bytes) take the scalar load
     path: same results, bitwise, as the aligned copy (the 16-byte cp.async path)."""
@@ -124,8 +138,8 @@ def test_similarity_topk_cuda_unaligned_rows_use_the_scalar_loads(dtype, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("k", [16, 1000])
 def test_similarity_topk_cuda_splits_are_deterministic(k, dtype, gen):
-    """Few queries (many key splits) and the same queries among enough rows to fill the GPU (one split)
-    give bitwise the same rows, and reruns are bitwise identical."""
+    """Few queries (many key splits, 64-row CTAs) and the same queries among enough rows to fill the GPU
+    (one split, 128-row CTAs) give bitwise the same rows, and reruns are bitwise identical."""
     m, d = 200_000, 64
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     big = 64 * 2 * sms  # row blocks >= 2 per SM: one split

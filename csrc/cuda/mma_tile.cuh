@@ -9,9 +9,10 @@
 //     step s, so it lands while the steps before it multiply (one barrier per K step; the caller drives
 //     the loop, see similarity_topk.cu);
 //   - products: float16 (sm_70+) and bfloat16 (sm_80+) on tensor cores, WMMA m16n16k16 with float
-//     accumulation, each warp a (kBM / 2) x (kBN / (warps / 2)) block of 16 x 16 fragments; float32,
-//     float64 and 16-bit inputs without tensor cores on an exact SIMT path (products of the same rounded
-//     inputs, float accumulation, double for float64), each thread a 4 x 8 block.
+//     accumulation, the warps a (kBM / 32) x (rest) grid, each warp a 32-row block of 16 x 16 fragments
+//     (32 x 32 for the 64 x 128 / 8-warp and 128 x 128 / 16-warp tiles); float32, float64 and 16-bit
+//     inputs without tensor cores on an exact SIMT path (products of the same rounded inputs, float
+//     accumulation, double for float64), each thread a (kBM / (threads / 16)) x 8 block.
 // The shared-memory layout and size do not depend on the architecture or the path, so the host launch is
 // the same for every device pass. Torch-free.
 #pragma once
@@ -87,9 +88,12 @@ using simt_acc_t = typename std::conditional<std::is_same<in_t, double>::value, 
 template <typename in_t, int kBM, int kBN, int kThreads, int kLd, int kBK, bool kTensor>
 struct StageMma {
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kWarpCols = kWarps / 2;
-  static constexpr int kFM = kBM / 2 / 16, kFN = kBN / kWarpCols / 16;
-  static_assert(kWarps % 2 == 0 && kBM % 32 == 0 && kBN % (16 * kWarpCols) == 0 && kBK % 16 == 0, "tile shape");
+  static constexpr int kWarpRows = kBM / 32;  // each warp 32 rows (two fragments) ...
+  static constexpr int kWarpCols = kWarps / kWarpRows;
+  static constexpr int kFM = 2, kFN = kBN / kWarpCols / 16;  // ... and kBN / kWarpCols columns
+  static_assert(kBM % 32 == 0 && kWarps % kWarpRows == 0 && kBN % (16 * kWarpCols) == 0 && kFN >= 1 &&
+                    kBK % 16 == 0,
+                "tile shape");
   using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
   struct Frag {
     Acc c[kFM][kFN];
@@ -132,12 +136,14 @@ struct StageMma {
   }
 };
 
-// ...and the exact SIMT path: thread (ty, tx) of a 16 x 16 grid owns rows ty + 16 i and columns tx + 16 j.
+// ...and the exact SIMT path: thread (ty, tx) of a (kThreads / 16) x 16 grid owns rows ty + kTY i and
+// columns tx + 16 j.
 template <typename in_t, int kBM, int kBN, int kThreads, int kLd, int kBK>
 struct StageMma<in_t, kBM, kBN, kThreads, kLd, kBK, false> {
-  static_assert(kThreads == 256 && kBM % 16 == 0 && kBN % 16 == 0, "SIMT tile shape");
+  static constexpr int kTY = kThreads / 16;
+  static_assert(kThreads % 16 == 0 && kBM % kTY == 0 && kBN % 16 == 0, "SIMT tile shape");
   using acc_t = simt_acc_t<in_t>;
-  static constexpr int kTM = kBM / 16, kTN = kBN / 16;
+  static constexpr int kTM = kBM / kTY, kTN = kBN / 16;
   struct Frag {
     acc_t c[kTM][kTN];
   };
@@ -155,7 +161,7 @@ struct StageMma<in_t, kBM, kBN, kThreads, kLd, kBK, false> {
     for (int kk = 0; kk < kBK; ++kk) {
       acc_t av[kTM], bv[kTN];
 #pragma unroll
-      for (int i = 0; i < kTM; ++i) av[i] = to_acc<acc_t>(sa[(ty + 16 * i) * kLd + kk]);
+      for (int i = 0; i < kTM; ++i) av[i] = to_acc<acc_t>(sa[(ty + kTY * i) * kLd + kk]);
 #pragma unroll
       for (int j = 0; j < kTN; ++j) bv[j] = to_acc<acc_t>(sb[(tx + 16 * j) * kLd + kk]);
 #pragma unroll
@@ -170,7 +176,7 @@ struct StageMma<in_t, kBM, kBN, kThreads, kLd, kBK, false> {
 #pragma unroll
     for (int i = 0; i < kTM; ++i)
 #pragma unroll
-      for (int j = 0; j < kTN; ++j) tile[(ty + 16 * i) * ld + tx + 16 * j] = static_cast<float>(f.c[i][j]);
+      for (int j = 0; j < kTN; ++j) tile[(ty + kTY * i) * ld + tx + 16 * j] = static_cast<float>(f.c[i][j]);
   }
 };
 

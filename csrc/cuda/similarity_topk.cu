@@ -1,10 +1,11 @@
 // Fused similarity + top-k (docs/design.md section 7).
 //
-// Grid (row blocks, key splits). A CTA owns kBM = 64 query rows and one split, a contiguous range of
+// Grid (row blocks, key splits). A CTA owns 64 query rows (256 threads; 128 rows and 512 threads when
+// there are enough queries for a CTA per SM without splits) and one split, a contiguous range of
 // kBN = 128-key tiles; it streams those tiles through the mma_tile producer (cp.async, three stages where
 // two such CTAs fit an SM, else two; tensor cores for 16-bit inputs) into a shared-memory score tile,
 // which never reaches global memory; the copies of the next tile's first steps overlap the selection.
-// Each row is owned by one warp (rows warp, warp + 8, ...): one vote skips the row when none of its 128
+// Each row is owned by one warp (rows warp, warp + warps, ...): one vote skips the row when none of its 128
 // scores beats the row's threshold (the k-th value of its list); otherwise its lanes test 32 scores at a
 // time, in increasing column order, and the survivors are appended, by ballot and prefix count, to
 // a 32-entry candidate buffer of the row in shared memory. When a buffer would overflow (and at the end),
@@ -25,24 +26,26 @@ namespace cuda_kernels {
 
 namespace {
 
-constexpr int kTopkThreads = 256;
-constexpr int kTopkWarps = kTopkThreads / 32;
-constexpr int kBM = 64;          // query rows per CTA
+// Two CTA shapes: 64 query rows and 256 threads (two CTAs per SM; few queries, with key splits) and 128
+// rows and 512 threads (one CTA per SM; enough queries for a CTA per SM without splits: half the key
+// traffic from L2 per product). Each warp computes a 32 x 32 block of the score tile either way.
+constexpr int kSmallBM = 64, kSmallThreads = 256;
+constexpr int kLargeBM = 128, kLargeThreads = 512;
 constexpr int kBN = 128;         // keys per tile
 constexpr int kScoreLd = kBN + 4;
 constexpr int kCap = 32;         // candidate buffer entries per row
 constexpr int kMaxSplitTiles = 1 << 23;  // buffered key offsets are int32: at most 2^30 keys per split
 static_assert(kBN == 128, "the selection reads four 32-column chunks");
 
-template <typename in_t, int kStages>
-using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kTopkThreads, kStages>;
+template <typename in_t, int kStages, int kBM, int kThreads>
+using TopkProducer = mma_tile::Producer<in_t, kBM, kBN, kThreads, kStages>;
 
 // Dynamic shared memory: the stages, the score tile, the candidate buffers, per-row threshold and count
-// (80 KB with 2 stages, 95 KB with 3).
-template <typename in_t, int kStages>
+// (64 rows: 80 KB with 2 stages, 95 KB with 3; 128 rows: 139 KB with 2, 159 KB with 3).
+template <typename in_t, int kStages, int kBM, int kThreads>
 struct TopkSmem {
   static constexpr std::size_t kStageBase = 0;
-  static constexpr std::size_t kTile = kStageBase + TopkProducer<in_t, kStages>::kSmemBytes;
+  static constexpr std::size_t kTile = kStageBase + TopkProducer<in_t, kStages, kBM, kThreads>::kSmemBytes;
   static constexpr std::size_t kBufV = kTile + sizeof(float) * kBM * kScoreLd;
   static constexpr std::size_t kBufI = kBufV + sizeof(float) * kBM * kCap;
   static constexpr std::size_t kThr = kBufI + sizeof(int32_t) * kBM * kCap;
@@ -103,17 +106,19 @@ __device__ __noinline__ float flush_candidates(float* lv, int64_t* li, int k, fl
   return lv[k - 1];
 }
 
-// Two CTAs per SM (128 registers a thread); float64's 4 x 8 double accumulators need more, so one.
-template <typename in_t>
-constexpr int kMinBlocks = std::is_same<in_t, double>::value ? 1 : 2;
+// 128 registers a thread: two 256-thread CTAs or one 512-thread CTA per SM; float64's 4 x 8 double
+// accumulators need more (it uses the small shape only, one CTA per SM).
+template <typename in_t, int kThreads>
+constexpr int kMinBlocks = std::is_same<in_t, double>::value ? 1 : 65536 / (128 * kThreads);
 
-template <typename in_t, int kStages>
-__global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
+template <typename in_t, int kStages, int kBM, int kThreads>
+__global__ void __launch_bounds__(kThreads, (kMinBlocks<in_t, kThreads>))
     similarity_topk_kernel(const in_t* __restrict__ q, int64_t n, const in_t* __restrict__ keys, int64_t m, int64_t d,
                            int k, const int64_t* __restrict__ qid, const int64_t* __restrict__ kid, float* out_v,
                            int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t tiles_per_split, bool vec) {
-  using P = TopkProducer<in_t, kStages>;
-  using L = TopkSmem<in_t, kStages>;
+  using P = TopkProducer<in_t, kStages, kBM, kThreads>;
+  using L = TopkSmem<in_t, kStages, kBM, kThreads>;
+  constexpr int kWarps = kThreads / 32;
   extern __shared__ __align__(128) unsigned char smem[];
   in_t* stages = reinterpret_cast<in_t*>(smem + L::kStageBase);
   float* tile = reinterpret_cast<float*>(smem + L::kTile);
@@ -131,7 +136,7 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
   int64_t* list_i = split == 0 ? out_i : ws_i + (split - 1) * n * k;
 
   // each warp initialises its rows' lists (padding) and buffers
-  for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
+  for (int r = warp; r < kBM && r0 + r < n; r += kWarps) {
     float* lv = list_v + (r0 + r) * k;
     int64_t* li = list_i + (r0 + r) * k;
     for (int x = lane; x < k; x += 32) {
@@ -182,7 +187,7 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
     const int64_t c0 = col_begin + t * kBN;
     P::store(acc, tile, kScoreLd);
     __syncthreads();
-    for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
+    for (int r = warp; r < kBM && r0 + r < n; r += kWarps) {
       const int64_t i = r0 + r;
       float* lv = list_v + i * k;
       int64_t* li = list_i + i * k;
@@ -228,7 +233,7 @@ __global__ void __launch_bounds__(kTopkThreads, kMinBlocks<in_t>)
   }
 
   // the rest of every buffer
-  for (int r = warp; r < kBM && r0 + r < n; r += kTopkWarps) {
+  for (int r = warp; r < kBM && r0 + r < n; r += kWarps) {
     const int cnt = cnt_s[r];
     if (cnt > 0) flush_candidates(list_v + (r0 + r) * k, list_i + (r0 + r) * k, k, buf_v + r * kCap,
                                   buf_i + r * kCap, cnt, col_begin);
@@ -252,23 +257,23 @@ __global__ void similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float
   }
 }
 
-template <typename in_t, int kStages>
+template <typename in_t, int kStages, int kBM, int kThreads>
 cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
                         int64_t* indices, int64_t splits, int64_t per_split, float* ws_v, int64_t* ws_i,
                         cudaStream_t stream) {
-  using P = TopkProducer<in_t, kStages>;
+  using P = TopkProducer<in_t, kStages, kBM, kThreads>;
   const int64_t n = query.rows, m = keys.rows, d = query.cols;
+  if ((n + kBM - 1) / kBM > 0x7fffffff) return cudaErrorInvalidValue;
   const auto* qp = static_cast<const in_t*>(query.data);
   const auto* kp = static_cast<const in_t*>(keys.data);
   const bool vec = P::vector_loads(qp, kp, d);
-  const std::size_t smem = TopkSmem<in_t, kStages>::kBytes;
-  auto kernel = similarity_topk_kernel<in_t, kStages>;
+  const std::size_t smem = TopkSmem<in_t, kStages, kBM, kThreads>::kBytes;
+  auto kernel = similarity_topk_kernel<in_t, kStages, kBM, kThreads>;
   cudaError_t status =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (status != cudaSuccess) return status;
   const dim3 grid(ceil_div(n, kBM), static_cast<unsigned>(splits));
-  kernel<<<grid, kTopkThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split,
-                                                vec);
+  kernel<<<grid, kThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split, vec);
   status = cudaGetLastError();
   if (status != cudaSuccess || splits == 1) return status;
   const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > 32 ? 32 : splits / 2);
@@ -277,35 +282,49 @@ cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, co
   return cudaGetLastError();
 }
 
-// Three stages where two CTAs of that size fit an SM (H100/H200: 228 KB), else two (A100: 164 KB).
+// The CTA shape (large when there is one split and enough 128-row blocks for every SM; never for float64)
+// and the stage count (three where the CTAs per SM of that shape fit with three, else two).
 template <typename in_t>
-cudaError_t dispatch_stages(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid,
-                            float* values, int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i,
-                            cudaStream_t stream) {
+cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
+                           int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, cudaStream_t stream) {
   const int64_t tiles = (keys.rows + kBN - 1) / kBN;
   if (splits < 1) splits = 1;
   const int64_t per_split = (tiles + splits - 1) / splits;
   if (per_split > kMaxSplitTiles) return cudaErrorInvalidValue;
   splits = (tiles + per_split - 1) / per_split;  // no empty split
   if (splits > 1 && (ws_v == nullptr || ws_i == nullptr)) return cudaErrorInvalidValue;
-  if (splits > 65535 || (query.rows + kBM - 1) / kBM > 0x7fffffff) return cudaErrorInvalidValue;
-  int device = 0, smem_per_sm = 0;
+  if (splits > 65535) return cudaErrorInvalidValue;
+  int device = 0, smem_per_sm = 0, sms = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess)
     status = cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return status;
+  const std::size_t per_sm = static_cast<std::size_t>(smem_per_sm);
   constexpr std::size_t kReserved = 1024;  // per CTA, sm_80+
-  if (static_cast<std::size_t>(smem_per_sm) >= 2 * (TopkSmem<in_t, 3>::kBytes + kReserved)) {
-    return launch_topk<in_t, 3>(query, keys, k, qid, kid, values, indices, splits, per_split, ws_v, ws_i, stream);
+  if constexpr (!std::is_same<in_t, double>::value) {
+    if (splits == 1 && (query.rows + kLargeBM - 1) / kLargeBM >= static_cast<int64_t>(sms)) {
+      if (per_sm >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes + kReserved) {
+        return launch_topk<in_t, 3, kLargeBM, kLargeThreads>(query, keys, k, qid, kid, values, indices, splits,
+                                                             per_split, ws_v, ws_i, stream);
+      }
+      return launch_topk<in_t, 2, kLargeBM, kLargeThreads>(query, keys, k, qid, kid, values, indices, splits,
+                                                           per_split, ws_v, ws_i, stream);
+    }
   }
-  return launch_topk<in_t, 2>(query, keys, k, qid, kid, values, indices, splits, per_split, ws_v, ws_i, stream);
+  if (per_sm >= 2 * (TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes + kReserved)) {
+    return launch_topk<in_t, 3, kSmallBM, kSmallThreads>(query, keys, k, qid, kid, values, indices, splits, per_split,
+                                                         ws_v, ws_i, stream);
+  }
+  return launch_topk<in_t, 2, kSmallBM, kSmallThreads>(query, keys, k, qid, kid, values, indices, splits, per_split,
+                                                       ws_v, ws_i, stream);
 }
 
 }  // namespace
 
 int64_t similarity_topk_splits(int64_t n, int64_t m, int64_t k, int sm_count) {
   if (n <= 0 || m <= 0 || k <= 0) return 1;
-  const int64_t row_blocks = (n + kBM - 1) / kBM, tiles = (m + kBN - 1) / kBN;
+  const int64_t row_blocks = (n + kSmallBM - 1) / kSmallBM, tiles = (m + kBN - 1) / kBN;
   const int64_t target = 2 * static_cast<int64_t>(sm_count < 1 ? 1 : sm_count);  // two CTAs per SM
   int64_t s = row_blocks >= target ? 1 : (target + row_blocks - 1) / row_blocks;
   const int64_t by_k = m / (2 * k);                  // a split scans at least 2k keys (merge cost ~ k)
@@ -328,7 +347,7 @@ cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t*
   if (k > 0x7fffffff) return cudaErrorInvalidValue;
   DCD_DISPATCH_DTYPE(query.dtype, {
     static_assert(sizeof(acc_t) > 0, "");
-    return dispatch_stages<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
+    return dispatch_shape<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
                                  ws_values, ws_indices, stream);
   })
 }
