@@ -282,8 +282,10 @@ cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, co
   return cudaGetLastError();
 }
 
-// The CTA shape (large when there is one split and enough 128-row blocks for every SM; never for float64)
-// and the stage count (three where the CTAs per SM of that shape fit with three, else two).
+// The CTA shape (large when there is one split, enough 128-row blocks for every SM and room for it; never
+// for float64) and the stage count (three where the CTAs per SM of that shape fit with three, else two).
+// The small shape needs 80 KB a CTA (sm_80 and newer; an sm_75 GPU's 64 KB fails the launch with a
+// clear error from the glue).
 template <typename in_t>
 cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
                            int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, cudaStream_t stream) {
@@ -294,17 +296,23 @@ cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid,
   splits = (tiles + per_split - 1) / per_split;  // no empty split
   if (splits > 1 && (ws_v == nullptr || ws_i == nullptr)) return cudaErrorInvalidValue;
   if (splits > 65535) return cudaErrorInvalidValue;
-  int device = 0, smem_per_sm = 0, sms = 0;
+  int device = 0, smem_per_sm = 0, smem_per_block = 0, sms = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess)
     status = cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return status;
   const std::size_t per_sm = static_cast<std::size_t>(smem_per_sm);
+  const std::size_t per_block = static_cast<std::size_t>(smem_per_block);
   constexpr std::size_t kReserved = 1024;  // per CTA, sm_80+
   if constexpr (!std::is_same<in_t, double>::value) {
-    if (splits == 1 && (query.rows + kLargeBM - 1) / kLargeBM >= static_cast<int64_t>(sms)) {
-      if (per_sm >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes + kReserved) {
+    // (the large shape needs 139 KB a CTA: A100, H100 and newer; GPUs with less use the small shape)
+    if (splits == 1 && (query.rows + kLargeBM - 1) / kLargeBM >= static_cast<int64_t>(sms) &&
+        per_block >= TopkSmem<in_t, 2, kLargeBM, kLargeThreads>::kBytes) {
+      if (per_sm >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes + kReserved &&
+          per_block >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes) {
         return launch_topk<in_t, 3, kLargeBM, kLargeThreads>(query, keys, k, qid, kid, values, indices, splits,
                                                              per_split, ws_v, ws_i, stream);
       }
@@ -312,7 +320,8 @@ cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid,
                                                            per_split, ws_v, ws_i, stream);
     }
   }
-  if (per_sm >= 2 * (TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes + kReserved)) {
+  if (per_sm >= 2 * (TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes + kReserved) &&
+      per_block >= TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes) {
     return launch_topk<in_t, 3, kSmallBM, kSmallThreads>(query, keys, k, qid, kid, values, indices, splits, per_split,
                                                          ws_v, ws_i, stream);
   }
