@@ -241,17 +241,44 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<in_t, kThreads>))
 }
 
 // One CTA per row: the splits' lists merged pairwise in a tree (split s absorbs s + stride), each pair by
-// one warp. Lists hold unique top-k sets, so the result does not depend on the order.
+// one warp. Lists hold unique top-k sets, so the result does not depend on the order. Short lists
+// (k <= 32, e.g. search) are merged in the warp's shared-memory scratch, so the merge's dependent binary
+// searches wait on shared memory instead of L2.
+constexpr int kMergeMaxWarps = 32, kMergeSmemK = 32;
+
 __global__ void similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t n,
                                              int k, int splits) {
+  __shared__ float scratch_v[kMergeMaxWarps][2][kMergeSmemK];
+  __shared__ int64_t scratch_i[kMergeMaxWarps][2][kMergeSmemK];
   const int64_t i = blockIdx.x;
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int stride = 1; stride < splits; stride *= 2) {
     for (int s = warp * 2 * stride; s + stride < splits; s += warps * 2 * stride) {
       const int t = s + stride;
       float* av = s == 0 ? out_v + i * k : ws_v + ((s - 1) * n + i) * k;
       int64_t* ai = s == 0 ? out_i + i * k : ws_i + ((s - 1) * n + i) * k;
-      warp_merge(av, ai, k, ws_v + ((t - 1) * n + i) * k, ws_i + ((t - 1) * n + i) * k, int64_t{0}, k);
+      const float* bv = ws_v + ((t - 1) * n + i) * k;
+      const int64_t* bi = ws_i + ((t - 1) * n + i) * k;
+      if (k <= kMergeSmemK) {
+        float* sv = scratch_v[warp][0];
+        int64_t* si = scratch_i[warp][0];
+        if (lane < k) {
+          sv[lane] = av[lane];
+          si[lane] = ai[lane];
+          scratch_v[warp][1][lane] = bv[lane];
+          scratch_i[warp][1][lane] = bi[lane];
+        }
+        __syncwarp();
+        warp_merge(sv, si, k, scratch_v[warp][1], scratch_i[warp][1], int64_t{0}, k);
+        __syncwarp();
+        if (lane < k) {
+          av[lane] = sv[lane];
+          ai[lane] = si[lane];
+        }
+        __syncwarp();
+      } else {
+        warp_merge(av, ai, k, bv, bi, int64_t{0}, k);
+      }
     }
     __syncthreads();
   }
@@ -276,7 +303,7 @@ cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, co
   kernel<<<grid, kThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split, vec);
   status = cudaGetLastError();
   if (status != cudaSuccess || splits == 1) return status;
-  const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > 32 ? 32 : splits / 2);
+  const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > kMergeMaxWarps ? kMergeMaxWarps : splits / 2);
   similarity_topk_merge_kernel<<<static_cast<unsigned>(n), static_cast<unsigned>(32 * warps), 0, stream>>>(
       values, indices, ws_v, ws_i, n, k, static_cast<int>(splits));
   return cudaGetLastError();
