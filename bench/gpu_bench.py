@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     big, search_keys, losses = (4096, 100_000, [1024, 4096]) if args.quick else (65536, 1_000_000, [8192, 65536])
     topk_group(t, big, big, d, k, search=False)
     topk_group(t, 16, search_keys, d, k, search=True)
+    topk_group(t, 16, search_keys, d, 1000, search=True)  # re-ranking depth: the warp-merged lists (P6)
     for b in losses:
         contrastive_group(t, b, d, naive=b <= 8192)
 

@@ -43,6 +43,138 @@ def test_similarity_topk_cuda_equals_cpu(n, m, d, k, dtype, gen):
                                atol=1e-3)
 
 
+# ------------------------------------------------- the fused top-k kernel's paths, decided exactly
+# Integer-valued inputs make every product and sum exact in float32 in any order, so the tensor-core and
+# SIMT paths, the CPU kernel and the float64 reference must agree bitwise, ties included (the smaller key
+# index first), which checks the candidate buffers, the merges, the key splits and the padding exactly.
+
+
+def exact_topk(q, keys, k, qid=None, kid=None, device="cpu"):
+    """The float64 reference (on CPU, returned there): descending, ties to the smaller index, masked keys and
+    short rows padded."""
+    scores = q.double().to(device) @ keys.double().to(device).T
+    if qid is not None:
+        scores = scores.masked_fill(qid.to(device).view(-1, 1) == kid.to(device).view(1, -1), float("-inf"))
+    n, m = scores.shape
+    values = torch.full((n, k), float("-inf"), dtype=torch.float64, device=device)
+    indices = torch.full((n, k), -1, dtype=torch.int64, device=device)
+    kk = min(k, m)
+    sv, si = torch.sort(scores, dim=1, descending=True, stable=True)
+    sv, si = sv[:, :kk], si[:, :kk]
+    allowed = sv != float("-inf")
+    values[:, :kk] = torch.where(allowed, sv, values[:, :kk])
+    indices[:, :kk] = torch.where(allowed, si, indices[:, :kk])
+    return values.float().cpu(), indices.cpu()
+
+
+def int_rows(n, d, gen, dtype, lo=-3, hi=4):
+    return torch.randint(lo, hi, (n, d), generator=gen).to(dtype)
+
+
+def topk_ids(n, m, gen, mode):
+    if mode == "none":
+        return None, None
+    if mode == "rows":  # every key has id 0: even query rows (id 0) are masked whole, odd rows (id 1) not at all
+        return torch.arange(n) % 2, torch.zeros(m, dtype=torch.int64)
+    return torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (m,), generator=gen)
+
+
+TOPK_EXACT_CASES = [  # n, m, d, k, ids
+    (1, 1, 1, 1, "none"),
+    (5, 37, 7, 3, "some"),  # D = 7: the scalar load path; M below one key tile
+    (70, 300, 129, 16, "some"),  # tails in N (64 + 6), M (2 * 128 + 44) and D (4 * 32 + 1)
+    (64, 256, 32, 1, "none"),  # whole tiles, one stage, k = 1
+    (130, 1000, 256, 1000, "some"),  # k = M: deep lists, many buffer flushes
+    (33, 200, 64, 300, "rows"),  # k > M, whole rows masked
+    (3, 200_000, 64, 16, "some"),  # few queries, many keys: many key splits and their merge
+    (3, 200_000, 64, 1000, "rows"),  # key splits with deep lists
+    (200, 5000, 16, 1, "some"),  # D = 16: half a stage for 16-bit inputs
+    (4, 300, 0, 5, "some"),  # D = 0: every score 0, ties all the way
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m,d,k,ids", TOPK_EXACT_CASES)
+def test_similarity_topk_cuda_exact(n, m, d, k, ids, dtype, gen):
+    q, keys = int_rows(n, d, gen, dtype), int_rows(m, d, gen, dtype)
+    qid, kid = topk_ids(n, m, gen, ids)
+    ref_v, ref_i = exact_topk(q, keys, k, qid, kid)
+    cuda_ids = () if qid is None else (qid.cuda(), kid.cuda())
+    v, i = ops.similarity_topk(q.cuda(), keys.cuda(), k, *cuda_ids)
+    assert torch.equal(v.cpu(), ref_v) and torch.equal(i.cpu(), ref_i)
+    cpu_v, cpu_i = ops.similarity_topk(q, keys, k, *(() if qid is None else (qid, kid)))
+    assert torch.equal(v.cpu(), cpu_v) and torch.equal(i.cpu(), cpu_i)
+    if ids == "rows":
+        assert (i.cpu()[0::2] == -1).all() and torch.isneginf(v.cpu()[0::2]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tail,m,d,k,ids", [(70, 300, 129, 16, "some"), (1, 1000, 64, 300, "rows"),
+                                            (0, 1000, 256, 1, "none")])
+def test_similarity_topk_cuda_exact_many_queries(tail, m, d, k, ids, dtype, gen):
+    """Enough queries for a 128-row CTA on every SM: the large CTA shape (512 threads, one split)."""
+    n = 128 * torch.cuda.get_device_properties(0).multi_processor_count + tail
+    q, keys = int_rows(n, d, gen, dtype), int_rows(m, d, gen, dtype)
+    qid, kid = topk_ids(n, m, gen, ids)
+    ref_v, ref_i = exact_topk(q, keys, k, qid, kid, device="cuda")
+    v, i = ops.similarity_topk(q.cuda(), keys.cuda(), k, *(() if qid is None else (qid.cuda(), kid.cuda())))
+    assert torch.equal(v.cpu(), ref_v) and torch.equal(i.cpu(), ref_i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_similarity_topk_cuda_unaligned_rows_use_the_scalar_loads(dtype, gen):
+    """Keys that start one element past a 16-byte boundary (D a multiple of 16 bytes) take the scalar load
+    path: same results, bitwise, as the aligned copy (the 16-byte cp.async path)."""
+    n, m, d, k = 50, 3000, 64, 24
+    q, keys = int_rows(n, d, gen, dtype).cuda(), int_rows(m, d, gen, dtype).cuda()
+    flat = torch.empty(m * d + 1, dtype=dtype, device="cuda")
+    shifted = flat[1:].view(m, d)
+    shifted.copy_(keys)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    v, i = ops.similarity_topk(q, keys, k)
+    v2, i2 = ops.similarity_topk(q, shifted, k)
+    assert torch.equal(v, v2) and torch.equal(i, i2)
+    ref_v, ref_i = exact_topk(q, keys, k)
+    assert torch.equal(v.cpu(), ref_v) and torch.equal(i.cpu(), ref_i)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [16, 1000])
+def test_similarity_topk_cuda_splits_are_deterministic(k, dtype, gen):
+    """Few queries (many key splits, 64-row CTAs) and the same queries among enough rows to fill the GPU
+    (one split, 128-row CTAs) give bitwise the same rows, and reruns are bitwise identical."""
+    m, d = 200_000, 64
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    big = 64 * 2 * sms  # row blocks >= 2 per SM: one split
+    keys = unit_rows(m, d, gen, dtype=dtype).cuda()
+    q_big = unit_rows(big, d, gen, dtype=dtype).cuda()
+    q = q_big[:3].contiguous()
+    ids_q, ids_k = torch.randint(0, 50, (big,), generator=gen).cuda(), torch.randint(0, 50, (m,), generator=gen).cuda()
+    v, i = ops.similarity_topk(q, keys, k, ids_q[:3].contiguous(), ids_k)
+    for _ in range(2):
+        v2, i2 = ops.similarity_topk(q, keys, k, ids_q[:3].contiguous(), ids_k)
+        assert torch.equal(v, v2) and torch.equal(i, i2)
+    vb, ib = ops.similarity_topk(q_big, keys, k, ids_q, ids_k)
+    assert torch.equal(vb[:3], v) and torch.equal(ib[:3], i)
+    # and the values are right: the float64 scores of the returned keys, within rounding of the product
+    ref = q.double() @ keys.double().T
+    ref = ref.masked_fill(ids_q[:3].view(-1, 1) == ids_k.view(1, -1), float("-inf"))
+    ref_v = torch.topk(ref, k, dim=1).values
+    torch.testing.assert_close(v.double(), ref_v, rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.gather(ref, 1, i), v.double(), rtol=0, atol=1e-4)
+
+
+def test_similarity_topk_cuda_search_shape_bf16(gen):
+    """The search shape at D = 256 (16 queries, many keys, key splits) against the float64 scores."""
+    n, m, d, k = 16, 250_000, 256, 16
+    q, keys = unit_rows(n, d, gen, dtype=torch.bfloat16).cuda(), unit_rows(m, d, gen, dtype=torch.bfloat16).cuda()
+    v, i = ops.similarity_topk(q, keys, k)
+    ref = q.double() @ keys.double().T
+    torch.testing.assert_close(v.double(), torch.topk(ref, k, dim=1).values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.gather(ref, 1, i), v.double(), rtol=0, atol=1e-5)
+    assert (i >= 0).all() and all(row.unique().numel() == k for row in i)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,m,d", [(1, 1, 1), (31, 31, 9), (257, 257, 100), (300, 129, 64)])
 def test_contrastive_loss_cuda_equals_cpu_and_reference(n, m, d, dtype, gen):

@@ -81,8 +81,20 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
   auto values = at::full({n, k}, -std::numeric_limits<float>::infinity(), query.options().dtype(at::kFloat));
   auto indices = at::full({n, k}, -1, query.options().dtype(at::kLong));
   auto [q, kk] = common_dtype(query, keys);
+  // key splits for few queries against many keys (P5): partial lists in a workspace, merged on the device
+  int sms = 0;  // a device attribute: no synchronisation
+  check_launch(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, query.get_device()),
+               "similarity_topk (device attribute)");
+  const int64_t splits = ck::similarity_topk_splits(n, kk.size(0), k, sms);
+  at::Tensor ws_v, ws_i;
+  if (splits > 1) {
+    ws_v = at::empty({splits - 1, n, k}, values.options());
+    ws_i = at::empty({splits - 1, n, k}, indices.options());
+  }
   check_launch(ck::similarity_topk(matrix(q), matrix(kk), k, ptr_or_null(query_ids), ptr_or_null(key_ids),
-                                   values.data_ptr<float>(), indices.data_ptr<int64_t>(),
+                                   values.data_ptr<float>(), indices.data_ptr<int64_t>(), splits,
+                                   splits > 1 ? ws_v.data_ptr<float>() : nullptr,
+                                   splits > 1 ? ws_i.data_ptr<int64_t>() : nullptr,
                                    c10::cuda::getCurrentCUDAStream()),
                "similarity_topk");
   return {values, indices};

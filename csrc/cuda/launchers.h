@@ -28,8 +28,16 @@ struct MaskArgs {
 // Largest K + 1 of the distillation kernels (per-warp candidate arrays live in shared memory).
 constexpr int64_t kMaxCandidates = 256;
 
+// How many key splits similarity_topk uses for these sizes on a device with sm_count multiprocessors:
+// enough (row blocks x splits) CTAs to fill it when there are few queries, each split at least one key
+// tile and 2k keys, the workspace at most 2^22 entries. 1 for large N.
+int64_t similarity_topk_splits(int64_t n, int64_t m, int64_t k, int sm_count);
+
+// values/indices [N, k] receive the result (any prior content); with splits > 1, ws_values/ws_indices hold
+// (splits - 1) * N * k entries of workspace (split s > 0 keeps its partial lists there until the merge).
 cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
-                            float* values, int64_t* indices, cudaStream_t stream);
+                            float* values, int64_t* indices, int64_t splits, float* ws_values, int64_t* ws_indices,
+                            cudaStream_t stream);
 
 // Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
 constexpr int64_t kContrastiveRowsPerBlock = 32;
