@@ -49,6 +49,15 @@ def write_atomically(path: str, write: Callable[[str], None], durable: bool = Fa
     return path
 
 
+def follow_umask(folder) -> None:
+    """Give the files directly in ``folder`` the permissions ``open(path, "w")`` would (0666 less the umask):
+    for folders written by other libraries (safetensors writes its files 0600)."""
+    mode = 0o666 & ~_umask()
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False):
+            os.chmod(entry.path, mode)
+
+
 def write_text_atomically(path: str, text: str) -> str:
     def write(temp: str) -> None:
         with open(temp, "w", encoding="utf-8") as f:

@@ -52,10 +52,12 @@ def test_tiny_demo_runs_end_to_end(tiny_demo, capsys):
     dcd_rows = [r for r in rows if r["run"] == "student_dcd" and "split" not in r]
     assert dcd_rows and all({"loss", "con", "dist", "hard", "lr", "teacher_pairs"} <= set(r) for r in dcd_rows)
     assert [r["epoch"] for r in rows if r["run"] == "student_dcd" and r.get("split") == "val"] == [1, 2]
-    for name in ("loss.png", "recall.png"):
+    for name in ("loss.png", "recall.png", "retrieval_example.png"):
         assert (run / name).read_bytes()[:8] == PNG_MAGIC
     report = (run / "report.md").read_text()
     assert "| student_dcd |" in report and "![loss](loss.png)" in report
+    assert "![retrieval example](retrieval_example.png)" in report and "## Retrieval example" in report
+    assert "x the contrastive-only student's" in report and "x faster" in report
     for name in ("student_contrastive", "student_dcd"):
         assert sorted(os.listdir(run / "checkpoints" / name)) == ["epoch_001.safetensors", "epoch_002.safetensors"]
         assert load_student(str(run / name)).config.kind == "small"
@@ -68,7 +70,7 @@ def test_second_demo_run_reuses_the_teacher_and_reproduces_the_numbers(tiny_demo
     assert main(["--demo-size", "tiny", "--out", str(root / "again"), "--cache-dir", str(root / "cache"),
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "student_dcd_rerank" in printed and "DCD vs contrastive-only RSUM" in printed
+    assert "student_dcd_rerank" in printed and "x the contrastive-only student's" in printed
     assert "reusing the cached demo teacher" in (root / "again" / "log.txt").read_text()
     first = json.loads((root / "run" / "results.json").read_text())
     second = json.loads((root / "again" / "results.json").read_text())
@@ -208,3 +210,36 @@ def test_evaluate_command_on_a_trained_student(tmp_path, capsys, tiny_vilt_dir):
     trained = json.loads((tmp_path / "run" / "results.json").read_text())["student_contrastive"]
     assert results["student"]["rsum"] == pytest.approx(trained["rsum"])
     assert "RSUM" in capsys.readouterr().out
+
+
+def test_demo_story_lines_compute_the_ratio_gap_and_speed():
+    from dcd_ext.train.demo import story
+
+    def row(rsum, ms):
+        return {"rsum": rsum, "ms_per_query": ms}
+
+    lines = story({"teacher": row(250.0, 20.0), "student_contrastive": row(200.0, 0.1),
+                   "student_dcd": row(230.0, 0.1), "student_dcd_rerank": row(240.0, 1.0)})
+    assert lines[0] == "teacher RSUM 250.0 = 1.25x the contrastive-only student's 200.0"
+    assert "+30.0 RSUM, 60% of the gap to the teacher closed" in lines[1]
+    assert "+10.0 over the DCD student" in lines[2]
+    assert lines[3].endswith("200x faster")
+    weak = story({"teacher": row(190.0, 20.0), "student_contrastive": row(200.0, 0.1),
+                  "student_dcd": row(210.0, 0.1), "student_dcd_rerank": row(205.0, 1.0)})
+    assert "the teacher does not lead" in weak[1]
+
+
+def test_retrieval_example_picks_a_caption_dcd_gets_and_the_baseline_misses():
+    from dcd_ext.data import make_synthetic_split
+    from dcd_ext.train.retrieval_example import pick_caption
+
+    split = make_synthetic_split("test", 4, 0, 32)
+    owner = torch.as_tensor(split.caption_image)
+    wrong = (owner + 1) % 4
+    base = torch.stack([owner, wrong], dim=1)
+    dcd = torch.stack([wrong, owner], dim=1)
+    assert pick_caption(split, base, dcd) == 0  # DCD right nowhere: falls back to caption 0
+    dcd[3, 0], base[3, 0] = owner[3], wrong[3]
+    dcd[1, 0] = owner[1]  # both right on caption 1
+    base[1, 0] = owner[1]
+    assert pick_caption(split, base, dcd) == 3

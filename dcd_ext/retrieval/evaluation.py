@@ -76,13 +76,13 @@ def evaluate_student_and_rerank(student, teacher, split: RetrievalSet, rerank_k:
 
 
 def evaluate_teacher(teacher, split: RetrievalSet, max_pairs: int = 300_000, sample_pairs: int = 2048,
-                     seed: int = 0) -> tuple[dict, bool]:
+                     seed: int = 0, progress: bool = False) -> tuple[dict, bool]:
     """(metrics, estimated): all-pairs teacher retrieval, or beyond ``max_pairs`` recalls of None and the time
     per query extrapolated from ``sample_pairs`` random pairs."""
     n, m = split.num_images, split.num_captions
     if n * m <= max_pairs:
         start = time.perf_counter()
-        scores = teacher_score_matrix(teacher, split)
+        scores = teacher_score_matrix(teacher, split, progress=progress)
         i2t, t2i = rankings_from_scores(scores, DEPTH)
         seconds = time.perf_counter() - start
         return with_time(recall_at_k(i2t, t2i, split.caption_image), seconds, split), False

@@ -75,17 +75,21 @@ def teacher_rerank(teacher, split: RetrievalSet, i2t: Tensor, t2i: Tensor, depth
 
 
 @torch.no_grad()
-def teacher_score_matrix(teacher, split: RetrievalSet, pairs_per_call: int = 65536) -> Tensor:
+def teacher_score_matrix(teacher, split: RetrievalSet, pairs_per_call: int = 65536, progress: bool = False) -> Tensor:
     """The teacher's scores of every (image, caption) pair, [N, M] (one cross-encoder pass per pair).
 
     Each call scores a block of whole rows, so the teacher's per-caption work is repeated once per block."""
+    from tqdm.auto import tqdm
+
     n, m = split.num_images, split.num_captions
     out = torch.empty(n, m, dtype=torch.float32)
     texts = list(split.captions)
-    for part in chunks(n, max(1, pairs_per_call // m)):
-        images = split.load_images(range(part.start, part.stop))
-        rows = torch.arange(part.stop - part.start).view(-1, 1).expand(-1, m)
-        cols = torch.arange(m).view(1, -1).expand(rows.shape[0], -1)
-        pairs = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
-        out[part] = teacher.score_pairs(images, texts, pairs).float().cpu().view(-1, m)
+    with tqdm(total=n * m, unit="pair", unit_scale=True, desc="teacher scoring all pairs", disable=not progress) as bar:
+        for part in chunks(n, max(1, pairs_per_call // m)):
+            images = split.load_images(range(part.start, part.stop))
+            rows = torch.arange(part.stop - part.start).view(-1, 1).expand(-1, m)
+            cols = torch.arange(m).view(1, -1).expand(rows.shape[0], -1)
+            pairs = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+            out[part] = teacher.score_pairs(images, texts, pairs).float().cpu().view(-1, m)
+            bar.update(pairs.shape[0])
     return out

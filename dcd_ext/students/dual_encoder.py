@@ -29,8 +29,9 @@ class StudentConfig:
     heads: int = 4
     max_length: int = 32
     vocab: Optional[list[str]] = None
-    # towers taken from a teacher: the backbone's own configuration
+    # towers taken from a teacher: the backbone's own configuration, and how a ViLT tower pools its tokens
     backbone: Optional[dict] = None
+    pooling: str = "cls"  # cls (ViLT's pooler on the first token) | mean (masked mean of the tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -60,16 +60,18 @@ def vilt_preprocess_size(teacher_dir: str, default: int) -> int:
 
 
 def vilt_student_from_model(vilt_model, tokenizer, image_size: int, embed_dim: int = 256,
-                            init_logit_scale: float = 1 / 0.07, max_length: int = TEXT_MAX_LENGTH) -> DualEncoder:
-    """A student around a live ``transformers.ViltModel`` (its weights are shared, not copied)."""
+                            init_logit_scale: float = 1 / 0.07, max_length: int = TEXT_MAX_LENGTH,
+                            pooling: str = "cls") -> DualEncoder:
+    """A student around a live ``transformers.ViltModel`` (its weights are shared, not copied); ``pooling``
+    as in :class:`ViltTowers` (``mean`` for a random-init model)."""
     from .vilt_towers import ViltTowers
 
     patch = vilt_model.config.patch_size
     size = max(patch, image_size // patch * patch)
     max_length = min(max_length, vilt_model.config.max_position_embeddings)
     config = StudentConfig(kind="vilt", embed_dim=embed_dim, image_size=size, init_logit_scale=init_logit_scale,
-                           max_length=max_length, backbone=vilt_model.config.to_dict())
-    return DualEncoder(config, ViltTowers(vilt_model), HFTokenizer(tokenizer, max_length),
+                           max_length=max_length, backbone=vilt_model.config.to_dict(), pooling=pooling)
+    return DualEncoder(config, ViltTowers(vilt_model, pooling), HFTokenizer(tokenizer, max_length),
                        ImageTransform(size))
 
 
@@ -92,7 +94,7 @@ def vilt_from_config(config: StudentConfig, folder: str) -> DualEncoder:
     from .vilt_towers import ViltTowers
 
     backbone = ViltModel(ViltConfig.from_dict(config.backbone))
-    return DualEncoder(config, ViltTowers(backbone), hf_tokenizer(folder, config.max_length),
+    return DualEncoder(config, ViltTowers(backbone, config.pooling), hf_tokenizer(folder, config.max_length),
                        ImageTransform(config.image_size))
 
 

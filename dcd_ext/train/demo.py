@@ -1,64 +1,35 @@
 """The built-in demo: synthetic scenes, a small ViLT teacher, a DCD student and its contrastive baseline.
 
-1. Data: the synthetic scene set from the seed: a large ``teacher`` split and small ``train`` / ``val`` /
-   ``test`` splits.
-2. Teacher: a tiny random-init ViLT, trained on the teacher split in two stages and cached under the cache
-   dir:
-   (a) its transformer is warmed up as a dual encoder with the image-text contrastive loss (one modality at
-       a time, as the ViLT student runs it; cheap, since every pair in a batch is scored by a dot product);
-   (b) it is fine-tuned as a cross-encoder with the listwise ranking loss of ViLT and METER.
-   Stage (a) stands in for the large-scale pre-training real teachers get: a cross-encoder trained from
-   random weights on the ranking loss alone sits at chance for many epochs first. The teacher split is
-   ten times the students' training split, as a pre-trained teacher has seen far more than the paired
-   data a student is distilled on; that gap is where distillation pays.
+1. Data: the synthetic scene set from the seed: small ``train`` / ``val`` / ``test`` splits for the students.
+2. Teacher: a tiny ViLT cross-encoder trained on a separate, ten times larger ``teacher`` split
+   (demo_teacher.py). The default preset's teacher ships with the package; other recipes and
+   ``--retrain-teacher`` train one into the cache.
 3. Two students with the same architecture, initial weights, data order and number of steps: one trained
    with the contrastive loss alone, one with DCD.
 4. Evaluation on the test split: the teacher scoring all pairs, both students, and the DCD student with
-   the teacher re-ranking its top candidates.
+   the teacher re-ranking its top candidates; report.md with the table, the curves and a retrieval example.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from ..data import make_synthetic_split, vocabulary
+from ..data import make_synthetic_split
 from ..retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
 from ..retrieval.metrics import format_table
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import build_small_student, load_student, save_student
-from ..students.factory import vilt_student_from_model
 from .checkpoint import check_checkpoint_fits, latest_checkpoint
+from .demo_teacher import TeacherRecipe, read_info, shipped_teacher_for, teacher_key, write_teacher
 from .loop import TrainSettings, train_student
 from .report import write_plots, write_report
+from .retrieval_example import write_retrieval_example
 from .run_dir import RunDir, get_logger, write_config
-
-TEACHER_FORMAT = 1  # bump when the teacher recipe changes, so old caches are not reused
-
-
-@dataclass(frozen=True)
-class TeacherRecipe:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    patch_size: int = 8
-    max_text_len: int = 16
-    warmup_epochs: int = 20
-    warmup_batch_size: int = 64
-    warmup_lr: float = 2e-3
-    finetune_epochs: int = 6
-    finetune_batch_size: int = 16
-    finetune_negatives: int = 7
-    finetune_lr: float = 1e-3
-
 
 @dataclass(frozen=True)
 class DemoPreset:
@@ -84,7 +55,8 @@ class DemoPreset:
 PRESETS = {
     "tiny": DemoPreset(teacher_images=48, train_images=48, val_images=16, test_images=24,
                        teacher=TeacherRecipe(hidden=32, layers=1, heads=2, warmup_epochs=1, finetune_epochs=1,
-                                             finetune_batch_size=16, finetune_negatives=3),
+                                             finetune_batch_size=16, finetune_negatives=3, finetune_hard=1,
+                                             hard_depth=4),
                        student_width=32, embed_dim=32, student_channels=(8, 8, 16), student_layers=1,
                        epochs=2, batch_size=16, k=3, rerank_k=5, teacher_pool=6),
     "default": DemoPreset(teacher_images=2000, train_images=200, val_images=100, test_images=300),
@@ -102,79 +74,40 @@ def preset_from_args(args) -> DemoPreset:
     return dataclasses.replace(preset, **overrides)
 
 
+def demo_splits(preset: DemoPreset, seed: int):
+    """The students' (train, val, test) synthetic splits of a preset and seed."""
+    return tuple(make_synthetic_split(name, count, seed, preset.image_size) for name, count in
+                 (("train", preset.train_images), ("val", preset.val_images), ("test", preset.test_images)))
+
+
 def default_cache_dir() -> str:
     return os.environ.get("DCD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dcd_ext")
 
 
-def teacher_cache_key(preset: DemoPreset, seed: int) -> str:
-    payload = {"format": TEACHER_FORMAT, "recipe": dataclasses.asdict(preset.teacher), "seed": seed,
-               "teacher_images": preset.teacher_images, "image_size": preset.image_size, "vocab": vocabulary()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_demo_teacher(out_dir: str, preset: DemoPreset, train, seed: int, run: RunDir, progress: bool,
-                       device: torch.device, micro_batch_size: int):
-    """Build, warm up and fine-tune the demo teacher, saved to ``out_dir``."""
-    from ..teachers.finetune import finetune_teacher
-    from ..teachers.vilt import build_tiny_vilt, load_vilt_teacher
-
-    log = get_logger()
-    recipe = preset.teacher
-    build_tiny_vilt(out_dir, vocabulary(), image_size=preset.image_size, patch_size=recipe.patch_size,
-                    hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads, max_text_len=recipe.max_text_len,
-                    seed=seed)
-    teacher = load_vilt_teacher(out_dir, device=device, micro_batch_size=micro_batch_size)
-
-    log.info(f"teacher stage 1: contrastive warm-up of the ViLT transformer ({recipe.warmup_epochs} epochs)")
-    torch.manual_seed(seed)
-    dual = vilt_student_from_model(teacher.model.vilt, teacher.tokenizer, preset.image_size,
-                                   embed_dim=recipe.hidden, max_length=recipe.max_text_len)
-    settings = TrainSettings(epochs=recipe.warmup_epochs, batch_size=recipe.warmup_batch_size, lr=recipe.warmup_lr,
-                             device=device, seed=seed, progress=progress, keep_checkpoints=1, log_every=20)
-    train_student("teacher_warmup", dual, ContrastiveLoss(), train, None, settings, run)
-
-    log.info(f"teacher stage 2: listwise fine-tuning as a cross-encoder ({recipe.finetune_epochs} epochs)")
-    losses = finetune_teacher(teacher, train.images, train.captions, train.caption_image,
-                              epochs=recipe.finetune_epochs, batch_size=recipe.finetune_batch_size,
-                              n_negatives=recipe.finetune_negatives, lr=recipe.finetune_lr, seed=seed,
-                              progress=progress and sys.stderr.isatty())
-    steps_per_epoch = max(1, len(losses) // recipe.finetune_epochs)
-    for step in range(0, len(losses), 20):
-        window = losses[step:step + 20]
-        run.log_metrics({"run": "teacher_finetune", "epoch": (step + len(window)) / steps_per_epoch,
-                         "step": step + len(window), "loss": sum(window) / len(window)})
-    teacher.save(out_dir)
-
-
 def demo_teacher(preset: DemoPreset, seed: int, cache_dir: str, retrain: bool, run: RunDir,
                  progress: bool, device: torch.device, micro_batch_size: int):
-    """The cached demo teacher, trained first if the cache has none for this recipe; returns (teacher, info)."""
+    """The demo teacher and a description: the shipped one when the preset's recipe is its recipe (unless
+    ``retrain``), else the one cached for this recipe and seed, trained first if the cache has none."""
     from ..teachers.vilt import load_vilt_teacher
 
     log = get_logger()
-    path = os.path.join(cache_dir, f"demo-teacher-{teacher_cache_key(preset, seed)}")
-    info_path = os.path.join(path, "dcd_demo_teacher.json")
-    if os.path.isfile(info_path) and not retrain:
+    shipped = None if retrain else shipped_teacher_for(preset.teacher, preset.teacher_images, preset.image_size)
+    if shipped is not None:
+        log.info(f"using the shipped demo teacher in {shipped}")
+        return (load_vilt_teacher(shipped, device=device, micro_batch_size=micro_batch_size),
+                {**read_info(shipped), "source": "shipped", "path": str(shipped)})
+    key = teacher_key(preset.teacher, preset.teacher_images, preset.image_size, seed)
+    path = os.path.join(cache_dir, f"demo-teacher-{key}")
+    info = read_info(path)
+    if info is not None and not retrain:
         log.info(f"reusing the cached demo teacher in {path}")
-        with open(info_path) as f:
-            info = json.load(f)
         return (load_vilt_teacher(path, device=device, micro_batch_size=micro_batch_size),
-                {**info, "cached": True, "path": path})
-    partial = path + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    start = time.perf_counter()
-    split = make_synthetic_split("teacher", preset.teacher_images, seed, preset.image_size)
-    log.info(f"training the demo teacher on {split.num_images} scenes / {split.num_captions} captions")
-    train_demo_teacher(partial, preset, split, seed, run, progress, device, micro_batch_size)
-    info = {"recipe": dataclasses.asdict(preset.teacher), "seed": seed, "train_seconds": time.perf_counter() - start}
-    with open(os.path.join(partial, "dcd_demo_teacher.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
+                {**info, "source": "cached", "path": path})
+    info = write_teacher(path, preset.teacher, preset.teacher_images, preset.image_size, seed, run, progress, device,
+                         micro_batch_size)
     log.info(f"demo teacher trained in {info['train_seconds']:.0f} s and cached in {path}")
     return (load_vilt_teacher(path, device=device, micro_batch_size=micro_batch_size),
-            {**info, "cached": False, "path": path})
+            {**info, "source": "trained", "path": path})
 
 
 def train_demo_student(name: str, loss_fn, preset: DemoPreset, train, val, args, run: RunDir,
@@ -196,13 +129,32 @@ def train_demo_student(name: str, loss_fn, preset: DemoPreset, train, val, args,
     return summary
 
 
+def story(results: dict) -> list[str]:
+    """What the table says about the method: the teacher's lead, the share of it DCD recovers, re-ranking,
+    and the speed the student keeps."""
+    teacher, base = results["teacher"], results["student_contrastive"]
+    dcd, rerank = results["student_dcd"], results["student_dcd_rerank"]
+    if teacher["rsum"] is None:  # the teacher was only timed (too many pairs)
+        return [f"DCD RSUM {dcd['rsum']:.1f} vs contrastive-only {base['rsum']:.1f} ({dcd['rsum'] - base['rsum']:+.1f})"]
+    gap = teacher["rsum"] - base["rsum"]
+    lines = [f"teacher RSUM {teacher['rsum']:.1f} = {teacher['rsum'] / max(base['rsum'], 1e-9):.2f}x the "
+             f"contrastive-only student's {base['rsum']:.1f}"]
+    if gap > 0:
+        lines.append(f"DCD student {dcd['rsum']:.1f}: {dcd['rsum'] - base['rsum']:+.1f} RSUM, "
+                     f"{100 * (dcd['rsum'] - base['rsum']) / gap:.0f}% of the gap to the teacher closed")
+    else:
+        lines.append(f"DCD student {dcd['rsum']:.1f} ({dcd['rsum'] - base['rsum']:+.1f} RSUM; the teacher does not lead)")
+    lines.append(f"DCD + teacher re-ranking {rerank['rsum']:.1f} ({rerank['rsum'] - dcd['rsum']:+.1f} over the DCD student)")
+    lines.append(f"per query the DCD student takes {dcd['ms_per_query']:.3f} ms, the teacher scoring all pairs "
+                 f"{teacher['ms_per_query']:.1f} ms: {teacher['ms_per_query'] / max(dcd['ms_per_query'], 1e-9):.0f}x faster")
+    return lines
+
+
 def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
     log = get_logger()
     started = time.perf_counter()
     preset = preset_from_args(args)
-    train = make_synthetic_split("train", preset.train_images, args.seed, preset.image_size)
-    val = make_synthetic_split("val", preset.val_images, args.seed, preset.image_size)
-    test = make_synthetic_split("test", preset.test_images, args.seed, preset.image_size)
+    train, val, test = demo_splits(preset, args.seed)
     run.create()
     write_config(run, args, command, "demo", preset=dataclasses.asdict(preset))
     run.set_status("running")
@@ -224,7 +176,8 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
 
     log.info(f"evaluating on the test split ({test.num_images} images, {test.num_captions} captions)")
     results = {}
-    results["teacher"], _ = evaluate_teacher(teacher, test, max_pairs=args.teacher_eval_max_pairs, seed=args.seed)
+    results["teacher"], _ = evaluate_teacher(teacher, test, max_pairs=args.teacher_eval_max_pairs, seed=args.seed,
+                                           progress=not args.no_progress)
     baseline = load_student(run.file("student_contrastive"), device)
     results["student_contrastive"] = evaluate_student(baseline, test, args.eval_batch_size, device)
     student = load_student(run.file("student_dcd"), device)
@@ -236,11 +189,15 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
         results.update(fusion_results)
     run.write_json("results.json", results)
 
-    wall = time.perf_counter() - started
-    gain = results["student_dcd"]["rsum"] - results["student_contrastive"]["rsum"]
     plots = write_plots(run)
-    teacher_line = (f"reused from {teacher_info['path']}" if teacher_info["cached"] else
-                    f"trained in {teacher_info['train_seconds']:.0f} s, cached in {teacher_info['path']}")
+    example, example_text = write_retrieval_example(
+        run, test, teacher, {"contrastive-only student": baseline, "DCD student": student}, device)
+    wall = time.perf_counter() - started
+    outcome = story(results)
+    teacher_line = {"shipped": f"shipped with the package ({teacher_info['path']})",
+                    "cached": f"reused from {teacher_info['path']}",
+                    "trained": f"trained in {teacher_info['train_seconds']:.0f} s, cached in {teacher_info['path']}"}[
+        teacher_info["source"]]
     sections = [
         ("Setup", "\n".join([
             f"- data: synthetic scenes (seed {args.seed}), student training split {train.num_images} images / "
@@ -253,10 +210,10 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
             f"- DCD: k = {preset.k}, alpha = {preset.alpha}, T = {args.temperature}, kind {args.distill_kind}, "
             f"weighting {args.weighting}, mining by {args.mine_by}; re-ranking depth {preset.rerank_k}",
             f"- device {device}, {torch.get_num_threads()} threads; wall time {wall:.0f} s"])),
-        ("Outcome", f"DCD RSUM {results['student_dcd']['rsum']:.1f} vs contrastive-only "
-                    f"{results['student_contrastive']['rsum']:.1f} ({gain:+.1f}). Teacher scoring during DCD training: "
-                    f"{summaries['student_dcd']['teacher_pairs']} pairs in "
-                    f"{summaries['student_dcd']['teacher_seconds']:.0f} s."),
+        ("Outcome", "\n".join([f"- {line}" for line in outcome] + [
+            f"- teacher scoring during DCD training: {summaries['student_dcd']['teacher_pairs']} pairs in "
+            f"{summaries['student_dcd']['teacher_seconds']:.0f} s"])),
+        ("Retrieval example", f"{example_text}\n\n![retrieval example]({example})"),
     ]
     if args.demo_fusion:
         sections.insert(1, ("Fusion students", fusion_text))
@@ -264,8 +221,8 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
     print(f"\nDCD demo ({args.demo_size}) on {device}: test split {test.num_images} images, "
           f"{test.num_captions} captions")
     print(format_table(results))
-    print(f"DCD vs contrastive-only RSUM: {results['student_dcd']['rsum']:.1f} vs "
-          f"{results['student_contrastive']['rsum']:.1f} ({gain:+.1f})")
+    for line in outcome:
+        print(line)
     print(f"wall time {wall:.0f} s; run folder {run.path}")
     log.info(f"demo finished in {wall:.0f} s")
     return results

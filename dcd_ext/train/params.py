@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m dcd_ext.train",
         "Train a dual-encoder student with dynamic contrastive distillation (DCD) from a "
                     "cross-encoder teacher. With no --data, --teacher or --student it runs the built-in demo: "
-                    "a synthetic scene set, a small ViLT teacher trained (or reused from --cache-dir), a DCD "
+                    "a synthetic scene set, the small ViLT teacher shipped with the package, a DCD "
                     "student and a contrastive-only baseline, evaluated side by side.")
 
     data = p.add_argument_group("data")
@@ -141,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = p.add_argument_group("built-in demo")
     demo.add_argument("--demo-size", choices=DEMO_SIZES, default="default",
                       help="demo preset: tiny (seconds, a smoke test; its numbers mean nothing) or default (the full demo)")
-    demo.add_argument("--cache-dir", help="where the demo keeps its trained teacher "
+    demo.add_argument("--cache-dir", help="where the demo keeps a teacher it trains (--retrain-teacher, the tiny preset) "
                       "(default: $DCD_CACHE or ~/.cache/dcd_ext)")
-    demo.add_argument("--retrain-teacher", action="store_true", help="demo: train the teacher even if cached")
+    demo.add_argument("--retrain-teacher", action="store_true", help="demo: train the teacher (into --cache-dir) instead of using the shipped or cached one")
     add_fusion_arguments(p)
     return p
 

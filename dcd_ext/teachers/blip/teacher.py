@@ -25,6 +25,7 @@ from ..base import CrossEncoderTeacher, Item
 from ..checkpoint_io import CheckpointError
 from ...hf_folders import save_processor_files
 from ..hf_quiet import hf_progress_bars_off
+from ...files import follow_umask
 
 __all__ = ["BlipTeacher", "load_blip_teacher"]
 
@@ -79,6 +80,7 @@ class BlipTeacher(CrossEncoderTeacher):
         with hf_progress_bars_off():
             self.model.save_pretrained(out_dir)
         save_processor_files(self.processor, out_dir)
+        follow_umask(out_dir)
         return out_dir
 
 

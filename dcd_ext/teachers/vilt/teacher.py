@@ -29,6 +29,7 @@ from ..base import CrossEncoderTeacher, Item
 from ..checkpoint_io import CheckpointError
 from ..hf_quiet import hf_progress_bars_off
 from ..tokenizer_files import load_bert_tokenizer
+from ...files import follow_umask
 
 __all__ = ["ViltTeacher", "load_vilt_teacher", "vilt_image_processor"]
 
@@ -96,6 +97,7 @@ class ViltTeacher(CrossEncoderTeacher):
             self.model.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
         self.image_processor.save_pretrained(out_dir)
+        follow_umask(out_dir)
         return out_dir
 
 
