@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -25,43 +24,12 @@ from ..retrieval.metrics import format_table
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import build_small_student, load_student, save_student
 from .checkpoint import check_checkpoint_fits, latest_checkpoint
-from .demo_teacher import TeacherRecipe, read_info, shipped_teacher_for, teacher_key, write_teacher
+from .demo_presets import PRESETS, DemoPreset
+from .demo_teacher import read_info, shipped_teacher_for, teacher_key, write_teacher
 from .loop import TrainSettings, train_student
 from .report import write_plots, write_report
 from .retrieval_example import write_retrieval_example
 from .run_dir import RunDir, get_logger, write_config
-
-@dataclass(frozen=True)
-class DemoPreset:
-    teacher_images: int
-    train_images: int
-    val_images: int
-    test_images: int
-    image_size: int = 32
-    teacher: TeacherRecipe = field(default_factory=TeacherRecipe)
-    student_width: int = 128
-    embed_dim: int = 128
-    student_channels: tuple[int, ...] = (16, 32, 64)
-    student_layers: int = 2
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 2e-3
-    k: int = 15
-    alpha: float = 0.2
-    rerank_k: int = 10
-    teacher_pool: int = 16
-
-
-PRESETS = {
-    "tiny": DemoPreset(teacher_images=48, train_images=48, val_images=16, test_images=24,
-                       teacher=TeacherRecipe(hidden=32, layers=1, heads=2, warmup_epochs=1, finetune_epochs=1,
-                                             finetune_batch_size=16, finetune_negatives=3, finetune_hard=1,
-                                             hard_depth=4),
-                       student_width=32, embed_dim=32, student_channels=(8, 8, 16), student_layers=1,
-                       epochs=2, batch_size=16, k=3, rerank_k=5, teacher_pool=6),
-    "default": DemoPreset(teacher_images=2000, train_images=200, val_images=100, test_images=300),
-}
-
 
 def preset_from_args(args) -> DemoPreset:
     """The --demo-size preset with any explicitly given flags applied on top."""

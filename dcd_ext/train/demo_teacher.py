@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,6 +38,7 @@ import torch
 from ..data import make_synthetic_split, vocabulary
 from ..losses import ContrastiveLoss
 from ..students.factory import vilt_student_from_model
+from .demo_presets import PRESETS, TeacherRecipe
 from .loop import TrainSettings, train_student
 from .run_dir import RunDir, get_logger
 
@@ -46,24 +46,6 @@ TEACHER_FORMAT = 2  # bump when the teacher recipe's meaning changes, so old cac
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "assets" / "demo_teacher"
 INFO_FILE = "dcd_demo_teacher.json"
 VALIDATION_SPLIT = ("teacher-val", 100)  # (split name, scenes): the split the recorded numbers come from
-
-
-@dataclass(frozen=True)
-class TeacherRecipe:
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    patch_size: int = 8
-    max_text_len: int = 16
-    warmup_epochs: int = 20
-    warmup_batch_size: int = 64
-    warmup_lr: float = 2e-3
-    finetune_epochs: int = 6
-    finetune_batch_size: int = 16
-    finetune_negatives: int = 7
-    finetune_hard: int = 0  # of finetune_negatives, drawn from the mined hard captions (0: all at random)
-    hard_depth: int = 20  # mined hard captions per caption
-    finetune_lr: float = 1e-3
 
 
 def teacher_key(recipe: TeacherRecipe, teacher_images: int, image_size: int, seed: int) -> str:
@@ -172,7 +154,6 @@ def write_teacher(out_dir: str, recipe: TeacherRecipe, teacher_images: int, imag
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import make_parser, positive_int, resolve_device
-    from .demo import PRESETS
 
     p = make_parser("python -m dcd_ext.train.demo_teacher",
                     "Train the built-in demo's teacher (the weights shipped in dcd_ext/assets/demo_teacher) and "
