@@ -380,6 +380,26 @@ def test_fused_contrastive_gradient_relative_error(dtype, monkeypatch, gen):
         assert err < bound, f"relative gradient error {float(err):.2e} over {bound}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_contrastive_tiny_upstream_gradient_stays_finite(dtype, monkeypatch, gen):
+    """An upstream gradient of 1e-36 puts g_bound below 2^-114, where an uncapped pre-scale 2^(14 - e) of dS
+    is inf (NaN gradients). bfloat16 has float's exponent range, so its gradient is the scaled one."""
+    n, d = 70, 33
+    img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(n, d, gen, dtype=dtype)
+    scale, tiny = torch.tensor(20.0), 1e-36
+    with fused(monkeypatch):
+        a, b, s = leaf(img.cuda()), leaf(txt.cuda()), leaf(scale.cuda())
+        loss = ops.contrastive_loss(a, b, s)
+        got = torch.autograd.grad(loss, (a, b, s), grad_outputs=torch.tensor(tiny, device="cuda"))
+    ref = contrastive_run(reference.contrastive_loss, img.double(), txt.double(), scale.double(), {}, "cpu")
+    for x in got:
+        assert torch.isfinite(x).all()
+    if dtype == torch.bfloat16:
+        for x, r in zip(got[:2], ref[1:3]):
+            err = (x.double().cpu() - tiny * r).norm() / (tiny * r).norm()
+            assert err < 3e-2, f"relative gradient error {float(err):.2e}"
+
+
 def _shared_candidate_case(kind, gen, dtype):
     if kind == "one_for_all":  # candidate 0 in every anchor's slot 1: one segment of 3000 over ~24 chunks
         n, p, k1, d = 3000, 50, 5, 40

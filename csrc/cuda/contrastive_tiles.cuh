@@ -139,11 +139,15 @@ struct WmmaGradProduct {
 
   // A power of two 2^(14 - e) with g_bound < 2^e: |dS| * factor < 2^14, inside the float16 range with
   // the smallest probabilities of a 10^6-wide softmax still normal; 1 when the bound is 0 or not finite.
+  // The exponent is capped at 64 (the cap acts below g_bound = 2^-50): uncapped, 2^(14 - e) is inf for
+  // g_bound < 2^-114 (e.g. an upstream gradient of 1e-36) and dS * factor inf/NaN; capped, |dS| * factor
+  // stays < 2^14 and scale / factor a normal float.
   __device__ static float ds_factor(float g_bound) {
     if (!(g_bound > 0.0f) || !(g_bound < 3.0e38f)) return 1.0f;
     int e = 0;
     frexpf(g_bound, &e);  // g_bound = f * 2^e, f in [0.5, 1)
-    return ldexpf(1.0f, 14 - e);
+    const int shift = 14 - e;
+    return ldexpf(1.0f, shift < 64 ? shift : 64);
   }
 
   __device__ static void accumulate(Smem& sm, ProducerSmem&, const float (*tile)[kTileLd], const half_t* b,
