@@ -246,7 +246,8 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<in_t, kThreads>))
 // searches wait on shared memory instead of L2.
 constexpr int kMergeMaxWarps = 32, kMergeSmemK = 32;
 
-__global__ void similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t n,
+__global__ void __launch_bounds__(32 * kMergeMaxWarps)
+    similarity_topk_merge_kernel(float* out_v, int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t n,
                                              int k, int splits) {
   __shared__ float scratch_v[kMergeMaxWarps][2][kMergeSmemK];
   __shared__ int64_t scratch_i[kMergeMaxWarps][2][kMergeSmemK];
