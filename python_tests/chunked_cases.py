@@ -18,19 +18,23 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 CHUNKS = [1, 7, 16, 4096]  # one column at a time, partial last chunks, everything in one chunk
 
 
+def impl_variable(device: str) -> str:
+    return "DCD_CUDA_IMPL" if torch.device(device).type == "cuda" else "DCD_CPU_IMPL"
+
+
 @contextmanager
 def chunked(monkeypatch, device: str, chunk: int):
-    var = "DCD_CUDA_IMPL" if torch.device(device).type == "cuda" else "DCD_CPU_IMPL"
     with monkeypatch.context() as m:
-        m.setenv(var, "chunked")
+        m.setenv(impl_variable(device), "chunked")
         m.setenv("DCD_CHUNK_COLS", str(chunk))
         yield
 
 
 @contextmanager
-def cpu_kernels(monkeypatch):
+def fused_kernels(monkeypatch, device: str):
+    """The device's own (fused) kernels: no implementation override."""
     with monkeypatch.context() as m:
-        m.delenv("DCD_CPU_IMPL", raising=False)
+        m.delenv(impl_variable(device), raising=False)
         m.delenv("DCD_CHUNK_COLS", raising=False)
         yield
 
@@ -76,7 +80,7 @@ def topk_case(name: str, gen, dtype):
 
 def check_topk(monkeypatch, device, chunk, name, dtype, gen):
     q, keys, k, qid, kid = topk_case(name, gen, dtype)
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu_v, cpu_i = ops.similarity_topk(q, keys, k, qid, kid)
     dev = [None if t is None else t.to(device) for t in (q, keys, qid, kid)]
     with chunked(monkeypatch, device, chunk):
@@ -158,7 +162,7 @@ def contrastive_run(fn, img, txt, scale, kw, device):
 def check_contrastive(monkeypatch, device, chunk, name, dtype, gen):
     img, txt, scale, kw = contrastive_case(name, gen, dtype)
     scale = scale.to(scale_dtype(dtype))
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cpu")
     with chunked(monkeypatch, device, chunk):
         got = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, device)
@@ -203,7 +207,7 @@ def check_distill(monkeypatch, device, chunk, shape, kind, weighting, dtype, gen
     anchors, pool, cand, teacher, scale = distill_case(shape, gen, dtype)
     scale = scale.to(scale_dtype(dtype))
     kw = dict(temperature=2.0, kind=kind, weighting=weighting)
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cpu", **kw)
     with chunked(monkeypatch, device, chunk):
         got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, device, **kw)
@@ -223,7 +227,7 @@ def check_distill_ignores_absent_teacher_values(monkeypatch, device, gen):
     clean = teacher.clone()
     teacher[cand < 0] = float("nan")
     teacher[1, 2:] = float("inf")
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = distill_run(ops.distill_loss, anchors, pool, cand, clean, scale, "cpu")
     with chunked(monkeypatch, device, 16):
         got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, device)
@@ -251,7 +255,7 @@ def check_dynamic(monkeypatch, device, chunk, dtype, gen):
         out = fn(a, t, s, c1, cast(ti2t).to(device), c2, cast(tt2i).to(device), i, i, **kw)
         return (*out, *torch.autograd.grad(out.loss, (a, t, s)))
 
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = run(ops.dynamic_contrastive_loss, "cpu", lambda x: x)
     with chunked(monkeypatch, device, chunk):
         got = run(ops.dynamic_contrastive_loss, device, lambda x: x)

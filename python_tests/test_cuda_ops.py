@@ -7,11 +7,10 @@ other files also run every reference comparison on CUDA.
 import pytest
 import torch
 
-from contextlib import contextmanager
-
 from chunked_cases import (CONTRASTIVE_CASES, DISTILL_SHAPES, TOPK_CASES, check_contrastive, check_distill,
                            check_distill_ignores_absent_teacher_values, check_dynamic, check_topk, close,
-                           contrastive_case, contrastive_run, cpu_kernels, distill_case, distill_run, scale_dtype)
+                           contrastive_case, contrastive_run, distill_case, distill_run, fused_kernels,
+                           scale_dtype)
 from dcd_ext import ops, reference
 from op_helpers import assert_close, cuda_ready, leaf, unit_rows
 
@@ -289,14 +288,6 @@ def test_mixed_devices_are_a_clear_error(entry, gen, monkeypatch):
 # d_a accumulator (tensor cores for 16-bit inputs, dS rounded after a power-of-two pre-scale; D split
 # into chunks beyond the accumulator), both directions. distill_loss.cu: the two-stage pool gradient.
 
-@contextmanager
-def fused(monkeypatch):
-    with monkeypatch.context() as m:
-        m.delenv("DCD_CUDA_IMPL", raising=False)
-        m.delenv("DCD_CHUNK_COLS", raising=False)
-        yield
-
-
 def _rect(n, m, d, gen, dtype, scale=12.0, **extra):
     img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(m, d, gen, dtype=dtype)
     pos_row = torch.randint(0, m, (n,), generator=gen)
@@ -345,9 +336,9 @@ FUSED_CONTRASTIVE_CASES = CONTRASTIVE_CASES + ["d_tail_1", "d_tail_7", "d_tail_1
 def test_fused_contrastive_loss_paths(name, dtype, monkeypatch, gen):
     img, txt, scale, kw = fused_contrastive_case(name, gen, dtype)
     scale = scale.to(scale_dtype(dtype))
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cpu")
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         got = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
         again = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
     kw64 = {key: (v.double() if v.is_floating_point() else v) for key, v in kw.items()}
@@ -371,7 +362,7 @@ def test_fused_contrastive_gradient_relative_error(dtype, monkeypatch, gen):
     n, d = 600, 64
     img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(n, d, gen, dtype=dtype)
     scale = torch.tensor(50.0)
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         got = contrastive_run(ops.contrastive_loss, img, txt, scale, {}, "cuda")
     ref = contrastive_run(reference.contrastive_loss, img.double(), txt.double(), scale.double(), {}, "cpu")
     bound = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype]
@@ -387,7 +378,7 @@ def test_fused_contrastive_tiny_upstream_gradient_stays_finite(dtype, monkeypatc
     n, d = 70, 33
     img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(n, d, gen, dtype=dtype)
     scale, tiny = torch.tensor(20.0), 1e-36
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         a, b, s = leaf(img.cuda()), leaf(txt.cuda()), leaf(scale.cuda())
         loss = ops.contrastive_loss(a, b, s)
         got = torch.autograd.grad(loss, (a, b, s), grad_outputs=torch.tensor(tiny, device="cuda"))
@@ -430,9 +421,9 @@ def _shared_candidate_case(kind, gen, dtype):
 def test_fused_distill_pool_gradient_segments(kind, dtype, monkeypatch, gen):
     anchors, pool, cand, teacher, scale = _shared_candidate_case(kind, gen, dtype)
     scale = scale.to(scale_dtype(dtype))
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cpu")
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda")
         again = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda")
     ref = distill_run(reference.distill_loss, anchors.double(), pool.double(), cand, teacher.double(),
@@ -453,9 +444,9 @@ def test_fused_distill_pool_gradient_segments(kind, dtype, monkeypatch, gen):
 def test_fused_distill_loss_shapes(shape, dtype, monkeypatch, gen):
     anchors, pool, cand, teacher, scale = distill_case(shape, gen, dtype)
     scale = scale.to(scale_dtype(dtype))
-    with cpu_kernels(monkeypatch):
+    with fused_kernels(monkeypatch, "cpu"):
         cpu = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cpu", kind="kl", weighting="dcd")
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         got = distill_run(ops.distill_loss, anchors, pool, cand, teacher, scale, "cuda", kind="kl", weighting="dcd")
     for i, (x, c) in enumerate(zip(got, cpu)):
         close(x, c, dtype, 1.0 if i < 4 else 10.0)
@@ -467,7 +458,7 @@ def test_fused_contrastive_bitwise_reruns_large(dtype, monkeypatch, gen):
     img, txt, scale, kw = _rect(20000, 3000, 64, gen, dtype, scale=30.0)
     img, txt = img.cuda(), txt.cuda()
     kw = {key: v.cuda() for key, v in kw.items()}
-    with fused(monkeypatch):
+    with fused_kernels(monkeypatch, "cuda"):
         first = contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")
         for _ in range(4):
             for x, y in zip(first, contrastive_run(ops.contrastive_loss, img, txt, scale, kw, "cuda")):
