@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import argparse
 import os
 import time
 
@@ -21,9 +22,10 @@ import torch
 from ..data import make_synthetic_split
 from ..retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
 from ..retrieval.metrics import format_table
-from ..losses import ContrastiveLoss, DCDLoss
+from ..losses import ContrastiveLoss
 from ..students import build_small_student, load_student, save_student
 from .checkpoint import check_checkpoint_fits, latest_checkpoint
+from .components import make_loss
 from .demo_presets import PRESETS, DemoPreset
 from .demo_teacher import read_info, shipped_teacher_for, teacher_key, write_teacher
 from .loop import TrainSettings, train_student
@@ -76,6 +78,12 @@ def demo_teacher(preset: DemoPreset, seed: int, cache_dir: str, retrain: bool, r
     log.info(f"demo teacher trained in {info['train_seconds']:.0f} s and cached in {path}")
     return (load_vilt_teacher(path, device=device, micro_batch_size=micro_batch_size),
             {**info, "source": "trained", "path": path})
+
+
+def demo_dcd_loss(args, preset: DemoPreset, teacher):
+    """The demo's DCD loss: the loss of a run on your data (``make_loss``) with the preset's k, alpha and pool."""
+    return make_loss(argparse.Namespace(**{**vars(args), "loss": "dcd", "k": preset.k, "alpha": preset.alpha,
+                                  "teacher_pool": preset.teacher_pool}), teacher)
 
 
 def train_demo_student(name: str, loss_fn, preset: DemoPreset, train, val, args, run: RunDir,
@@ -133,9 +141,7 @@ def run_demo(args, run: RunDir, device: torch.device, command: str) -> dict:
     teacher, teacher_info = demo_teacher(preset, args.seed, cache_dir, args.retrain_teacher, run,
                                          not args.no_progress, device, args.teacher_batch_size)
 
-    dcd_loss = DCDLoss(teacher, k=preset.k, alpha=preset.alpha, temperature=args.temperature, kind=args.distill_kind,
-                       weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
-                       teacher_pool=preset.teacher_pool, queue_size=args.queue_size, seed=args.seed)
+    dcd_loss = demo_dcd_loss(args, preset, teacher)
     summaries = {
         "student_contrastive": train_demo_student("student_contrastive", ContrastiveLoss(args.queue_size), preset,
                                                   train, val, args, run, device),

@@ -34,10 +34,10 @@ def mean_spread(values: list[float]) -> str:
 
 def ablation_run(seed: int, flags: list[str], out: str, common: list[str], device: torch.device) -> dict:
     """The DCD student of the demo preset with ``flags`` changed: {"dcd": metrics, "rerank": metrics}."""
-    from ..losses import DCDLoss
     from ..retrieval.evaluation import evaluate_student_and_rerank
     from ..students import load_student
-    from .demo import default_cache_dir, demo_splits, demo_teacher, preset_from_args, train_demo_student
+    from .demo import (default_cache_dir, demo_dcd_loss, demo_splits, demo_teacher, preset_from_args,
+                       train_demo_student)
     from .params import parse_args
     from .run_dir import RunDir, write_config
 
@@ -50,10 +50,7 @@ def ablation_run(seed: int, flags: list[str], out: str, common: list[str], devic
                  preset=dataclasses.asdict(preset))
     teacher, _ = demo_teacher(preset, seed, args.cache_dir or default_cache_dir(), False, run, not args.no_progress,
                               device, args.teacher_batch_size)
-    loss = DCDLoss(teacher, k=preset.k, alpha=preset.alpha, temperature=args.temperature, kind=args.distill_kind,
-                   weighting=args.weighting, con_weight=args.con_weight, mine_by=args.mine_by,
-                   teacher_pool=preset.teacher_pool, queue_size=args.queue_size, seed=seed)
-    train_demo_student("student_dcd", loss, preset, train, val, args, run, device)
+    train_demo_student("student_dcd", demo_dcd_loss(args, preset, teacher), preset, train, val, args, run, device)
     student = load_student(run.file("student_dcd"), device)
     dcd, rerank = evaluate_student_and_rerank(student, teacher, test, preset.rerank_k, args.eval_batch_size, device)
     return {"dcd": dcd, "rerank": rerank}
