@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from .cli import add_device_argument, make_parser, non_negative_int, positive_int, resolve_device, run_command_line
+from .existing_output import add_overwrite_argument, check_new_file
 from .serving.gallery import build_index, gallery_items
 from .serving.index_file import export_faiss, save_index
 
@@ -27,7 +28,9 @@ def build_parser():
     p.add_argument("--split", help="rows of this split only (pairs tables: optional; Karpathy: required)")
     p.add_argument("--modality", choices=("image", "text"), default="image",
                    help="index the images or the captions of the source")
-    p.add_argument("--out", required=True, help="index file to write (safetensors)")
+    p.add_argument("--out", required=True, help="index file to write (safetensors); an existing file is refused "
+                                                "unless --overwrite")
+    add_overwrite_argument(p, "replace an existing --out (and --export-faiss) file")
     p.add_argument("--batch-size", type=positive_int, default=64, help="items embedded per forward pass")
     add_device_argument(p)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding type")
@@ -41,6 +44,8 @@ def build_parser():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_new_file(args.out, args.overwrite)  # before the gallery is embedded, not after
+    check_new_file(args.export_faiss, args.overwrite, "export_faiss")
     names, sources, origins = gallery_items(args.data, args.images, args.split, args.modality)
     if args.modality == "text":
         from .students import load_student

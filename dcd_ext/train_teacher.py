@@ -10,7 +10,9 @@ images, cross-entropy over the n+1 rank logits. The result is saved to ``--out``
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,7 @@ from .cli import (add_device_argument, add_hidden_alias, add_precision_argument,
                   load_teacher_from_args, make_parser, positive_int, resolve_device, run_command_line,
                   teacher_kind)
 from .data.pairs_file import load_pairs_file
+from .existing_output import add_overwrite_argument, check_new_folder, replace_folder
 from .files import write_text_atomically
 from .teachers import finetune_teacher
 
@@ -31,7 +34,9 @@ def build_parser():
                         help="folder relative image paths start from (default: the table's folder)")
     add_hidden_alias(parser, "--image-root", "images")
     add_teacher_arguments(parser, required=True, purpose="teacher to fine-tune", batch_size=False)
-    parser.add_argument("--out", required=True, help="directory to save the fine-tuned teacher to")
+    parser.add_argument("--out", required=True, help="directory to save the fine-tuned teacher to (one that already "
+                                                     "holds a teacher is refused unless --overwrite)")
+    add_overwrite_argument(parser, "replace the teacher an existing --out holds (once the new one is trained)")
     parser.add_argument("--epochs", type=positive_int, default=1)
     parser.add_argument("--batch-size", type=positive_int, default=8, help="anchor captions per step")
     parser.add_argument("--negatives", type=positive_int, default=15, help="sampled negative captions per anchor")
@@ -46,12 +51,24 @@ def build_parser():
     return parser
 
 
+def is_teacher_output(path: str) -> bool:
+    """A folder --overwrite may replace: a teacher (a fine-tuned one holds finetune_log.json)."""
+    if os.path.isfile(os.path.join(path, "finetune_log.json")):
+        return True
+    try:
+        teacher_kind(path)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     kind = teacher_kind(args.teacher, args.teacher_kind)
     torch.manual_seed(args.seed)  # dropout
 
+    replaces = check_new_folder(args.out, args.overwrite, "teacher folder", is_teacher_output)
     table = load_pairs_file(args.data, args.images)
     images = table.load_images(range(table.num_images))
     teacher = load_teacher_from_args(args, device, bf16=args.precision == "bf16")
@@ -61,7 +78,11 @@ def main(argv=None) -> int:
         n_negatives=args.negatives, lr=lr, weight_decay=args.weight_decay, warmup=args.warmup,
         seed=args.seed, progress=not args.no_progress,
     )
-    out = teacher.save(args.out)
+    if replaces:
+        replace_folder(args.out, teacher.save)
+    else:
+        teacher.save(args.out)
+    out = Path(args.out)
     window = max(1, len(losses) // 10)
     summary = {
         "teacher_kind": kind, "out": str(out), "steps": len(losses),

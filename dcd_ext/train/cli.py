@@ -32,7 +32,7 @@ from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, check_layout, train_student
 from .params import parse_args
 from .report import write_plots, write_report
-from .run_dir import RunDir, default_run_folder, get_logger, write_config
+from .run_dir import RunDir, check_new_run_folder, default_run_folder, get_logger, write_config
 
 
 def resume_checkpoint(args, run: RunDir, name: str) -> Optional[str]:
@@ -132,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if world.distributed and args.demo:
         raise ValueError("python -m dcd_ext.train: the built-in demo runs in one process; "
                          "under torchrun pass --data (and --teacher for DCD)")
+    replaces = not args.resume and check_new_run_folder(args.out, args.overwrite)
     device = resolve_device(args.device, world)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         # every rank uses rank 0's folder (its default name holds the time); it is made once the run has started
         run = RunDir(broadcast_object(world, args.out or default_run_folder("demo" if args.demo else args.loss)),
-                     create=False)
+                     create=False, replace=replaces)
         log = run.setup_logging(writer=world.is_main)
         log.info(f"run folder {run.path}; device {device}"
                  + (f"; {world.size} processes" if world.distributed else "") + f"; command: {command}")

@@ -126,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for seed in seeds:
         folder = os.path.join(args.out, f"seed{seed}")
         if not os.path.isfile(os.path.join(folder, "results.json")):  # a finished run is kept (resumable study)
-            code = train_main(["--seed", str(seed), "--out", folder] + common)
+            # an unfinished run of an earlier study starts again (--overwrite: it is a run folder of its own)
+            code = train_main(["--seed", str(seed), "--out", folder, "--overwrite"] + common)
             if code != 0:
                 return code
         with open(os.path.join(folder, "results.json")) as f:

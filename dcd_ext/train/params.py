@@ -115,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and demo data")
 
     out = p.add_argument_group("run folder and evaluation")
-    out.add_argument("--out", help="run folder (default: runs/<date>-<time>-<mode>)")
+    out.add_argument("--out", help="run folder (default: runs/<date>-<time>-<mode>); a folder that already holds a run "
+                                   "is refused (continue it with --resume, or replace it with --overwrite)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="--out holds an earlier run: delete it when this run starts (not with --resume)")
     out.add_argument("--resume", help="continue a run folder (its latest checkpoint) or one of its checkpoint files, "
                                       "with the settings saved in its config.json; only --device, --threads, "
                                       "--workers, --epochs, --save-every, --keep-checkpoints, --log-every, "
@@ -153,7 +156,7 @@ RESUMABLE = ("device", "threads", "workers", "epochs", "save_every", "keep_check
              "eval_batch_size", "teacher_batch_size", "teacher_eval_max_pairs", "images", "cache_dir", "no_progress")
 # flags naming files: compared and restored as absolute paths (relative ones against the run's working folder)
 PATH_SETTINGS = ("data", "images", "eval_data", "teacher", "teacher_tokenizer", "cache_dir", "student")
-NOT_RESTORED = ("resume", "resume_checkpoint", "demo", "out", "resumed_overrides")
+NOT_RESTORED = ("resume", "resume_checkpoint", "demo", "out", "overwrite", "resumed_overrides")
 
 
 def flag_name(dest: str) -> str:
@@ -253,6 +256,8 @@ def resumed_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--overwrite starts a new run over an old one; --resume continues a run: pass one of them")
     if args.resume:
         args = resumed_args(parser, argv, args.resume)
     else:

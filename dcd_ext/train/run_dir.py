@@ -3,7 +3,9 @@ plots.
 
 The folder is made only once a run has started well (its data, teacher and student loaded, a resumed
 checkpoint checked): until :meth:`RunDir.create` the log is kept in memory, so a run that fails to start
-leaves no half-made folder behind, and a refused resume writes nothing into the folder it names.
+leaves no half-made folder behind, and a refused resume writes nothing into the folder it names. A new run
+never writes into a folder that holds another run (its checkpoints would be resumed as this run's): it is
+refused, or with ``--overwrite`` deleted by :meth:`RunDir.create` (:func:`check_new_run_folder`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import traceback
 from typing import Any, Optional
 
+from ..existing_output import check_new_folder, remove_folder
 from ..files import write_atomically, write_text_atomically
 
 LOGGER_NAME = "dcd_ext.train"
@@ -25,6 +28,18 @@ LOGGER_NAME = "dcd_ext.train"
 
 def default_run_folder(mode: str) -> str:
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{mode}")
+
+
+def is_run_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def check_new_run_folder(path: Optional[str], overwrite: bool) -> bool:
+    """Whether a new run in ``path`` replaces an earlier run (only with ``overwrite``); a folder holding a run
+    is refused without it, one holding anything else always (see :mod:`dcd_ext.existing_output`)."""
+    if path is None:
+        return False
+    return check_new_folder(path, overwrite, "run", is_run_folder, f"continue it with --resume {path}")
 
 
 def jsonable(value: Any) -> Any:
@@ -38,10 +53,12 @@ def jsonable(value: Any) -> Any:
 
 
 class RunDir:
-    """``create=False``: the folder is made by :meth:`create` (log records wait in memory until then)."""
+    """``create=False``: the folder is made by :meth:`create` (log records wait in memory until then).
+    ``replace``: :meth:`create` first deletes the earlier run the folder holds (see :func:`check_new_run_folder`)."""
 
-    def __init__(self, path: str, create: bool = True):
+    def __init__(self, path: str, create: bool = True, replace: bool = False):
         self.path = path
+        self.replace = replace
         self.metrics_path = os.path.join(path, "metrics.jsonl")
         self._buffer: Optional[logging.handlers.MemoryHandler] = None
         self._file_handler: Optional[logging.FileHandler] = None
@@ -54,6 +71,8 @@ class RunDir:
         """Make the folder (it may exist: a resumed run) and start log.txt with the records logged so far."""
         if self.created:
             return self
+        if self.replace:
+            remove_folder(self.path)
         os.makedirs(self.path, exist_ok=True)
         self.created = True
         if self._buffer is not None:
