@@ -106,3 +106,69 @@ def test_many_keys_with_a_large_gap(device, gen):
     values, indices = ops.similarity_topk(q, keys, 4)
     assert torch.equal(indices[:, 0].cpu(), planted)
     check_against_reference(q, keys, 4, values, indices)
+
+
+def with_threads(threads: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+# few rows against many keys: the CPU kernel splits the keys across threads and merges the lists
+SKINNY = [(1, 9000, 64, 16), (16, 20000, 32, 5), (5, 3100, 16, 40), (300, 5000, 8, 1100)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,m,d,k", SKINNY)
+def test_key_splits_are_exact_and_independent_of_the_thread_count(n, m, d, k, dtype, gen):
+    q = unit_rows(n, d, gen, dtype)
+    keys = unit_rows(m, d, gen, dtype)
+    keys[m // 3] = q[0]  # a key tied with others across split boundaries
+    keys[m - 1] = q[0]
+    results = [with_threads(t, lambda: ops.similarity_topk(q, keys, k)) for t in (1, 2, 3, 8)]
+    for values, indices in results[1:]:
+        assert torch.equal(values, results[0][0]) and torch.equal(indices, results[0][1])
+    check_against_reference(q.float(), keys.float(), k, *results[0], atol=1e-5 if dtype == torch.float32 else 1e-4)
+    assert set(results[0][1][0, :2].tolist()) == {m // 3, m - 1}  # the planted copies of q[0] lead row 0
+
+
+def test_key_splits_with_ids():
+    gen = torch.Generator().manual_seed(5)
+    q, keys = unit_rows(3, 16, gen), unit_rows(7000, 16, gen)
+    qid, kid = torch.tensor([0, 1, 2]), torch.arange(7000) % 3
+    values, indices = with_threads(4, lambda: ops.similarity_topk(q, keys, 9, qid, kid))
+    check_against_reference(q, keys, 9, values, indices, qid, kid)
+
+
+# every place a bad value can sit: first element, the last column of the last tile, one element inside
+BAD_PLACES = {"first": (0, 0), "last": (-1, -1), "inner": (1, 3)}
+
+
+@pytest.mark.parametrize("which", ["query", "keys"])
+@pytest.mark.parametrize("place", list(BAD_PLACES))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("n,m", [(2, 5000), (300, 2100)])
+def test_a_non_finite_value_anywhere_is_refused(which, place, bad, n, m):
+    gen = torch.Generator().manual_seed(3)
+    query, keys = unit_rows(n, 8, gen), unit_rows(m, 8, gen)
+    (query if which == "query" else keys)[BAD_PLACES[place]] = bad
+    for threads in (1, 2):
+        with pytest.raises(ValueError, match=f"{which} holds 1 NaN or infinite values"):
+            with_threads(threads, lambda: ops.similarity_topk(query, keys, 3))
+
+
+def test_an_overflowing_product_of_finite_inputs_is_refused():
+    query, keys = torch.full((2, 4), 1e20), torch.ones(3000, 4)
+    keys[2999] = 1e20
+    with pytest.raises(ValueError, match="overflows float32"):
+        ops.similarity_topk(query, keys, 2)
+
+
+def test_k_zero_still_refuses_non_finite_inputs():
+    query, keys = torch.randn(2, 4), torch.randn(5, 4)
+    keys[4, 3] = float("nan")
+    with pytest.raises(ValueError, match="keys holds 1 NaN"):
+        ops.similarity_topk(query, keys, 0)

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "chunked/chunking.h"
+#include "finite_check.h"
 #include "kernels.h"
 
 namespace dcd {
@@ -37,6 +38,8 @@ std::tuple<at::Tensor, at::Tensor> unpack(const at::Tensor& keys) {
 std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                                                    const at::Tensor& query_ids, const at::Tensor& key_ids) {
   const AutocastOff no_autocast;
+  check_finite(query, "query");
+  check_finite(keys, "keys");
   const int64_t n = query.size(0), m = keys.size(0);
   const float ninf = -std::numeric_limits<float>::infinity();
   auto values = at::full({n, k}, ninf, query.options().dtype(at::kFloat));

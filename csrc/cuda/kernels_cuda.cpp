@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "cuda/launchers.h"
+#include "finite_check.h"
 #include "kernels.h"
 
 namespace dcd {
@@ -77,6 +78,8 @@ struct DistillOperands {
 std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, const at::Tensor& keys, int64_t k,
                                                    const at::Tensor& query_ids, const at::Tensor& key_ids) {
   c10::cuda::CUDAGuard guard(query.device());
+  check_finite(query, "query");
+  check_finite(keys, "keys");
   const int64_t n = query.size(0);
   auto values = at::full({n, k}, -std::numeric_limits<float>::infinity(), query.options().dtype(at::kFloat));
   auto indices = at::full({n, k}, -1, query.options().dtype(at::kLong));
