@@ -52,9 +52,20 @@ at::Tensor term_weights(const at::Tensor& pos, const OptTensor& weight, at::Scal
   return at::where(total.ne(0), w / total, at::zeros_like(w));
 }
 
-// <img_i, txt_pos[i]> for every row (rows without a positive read row 0; their weight is 0).
+// <img_i, txt_pos[i]> for every row (rows without a positive read row 0; their weight is 0). In chunks of
+// rows, so the gathered rows never take O(N * D) memory (a queue of 262144 texts of D = 256 would gather 256 MiB).
 at::Tensor positive_dots(const at::Tensor& a, const at::Tensor& b, const at::Tensor& pos, at::ScalarType acc) {
-  return (a.to(acc) * b.index_select(0, pos.clamp_min(0)).to(acc)).sum(1);
+  constexpr int64_t kChunkElements = int64_t{1} << 22;
+  const int64_t rows = a.size(0), chunk = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(a.size(1), 1));
+  if (rows <= chunk) return (a.to(acc) * b.index_select(0, pos.clamp_min(0)).to(acc)).sum(1);
+  auto out = at::empty({rows}, a.options().dtype(acc));
+  for (int64_t r = 0; r < rows; r += chunk) {
+    const int64_t c = std::min(chunk, rows - r);
+    auto part = out.narrow(0, r, c);
+    at::sum_out(part, a.narrow(0, r, c).to(acc) * b.index_select(0, pos.narrow(0, r, c).clamp_min(0)).to(acc),
+                1);
+  }
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_loss(

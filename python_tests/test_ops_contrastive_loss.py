@@ -52,10 +52,12 @@ def test_id_masking(device, gen):
     assert masked < plain  # fewer negatives in every denominator
 
 
+# e.g. a batch of images against captions plus a queue, the transpose, and one data-parallel rank's rows
+# against a gathered batch (more texts than 2^22 / D: the positive dot products are taken in chunks)
 @pytest.mark.parametrize("device", DEVICES)
-def test_rectangular_with_positions_weights_and_missing_terms(device, gen):
-    n, m = 41, 127  # e.g. a batch of images against captions plus a queue
-    img, txt = unit_rows(n, 18, gen, device=device), unit_rows(m, 18, gen, device=device)
+@pytest.mark.parametrize("n,m,d", [(41, 127, 18), (127, 41, 18), (8, 20000, 256)])
+def test_rectangular_with_positions_weights_and_missing_terms(device, n, m, d, gen):
+    img, txt = unit_rows(n, d, gen, device=device), unit_rows(m, d, gen, device=device)
     pos_row = torch.randint(0, m, (n,), generator=gen)
     pos_row[::7] = -1
     pos_col = torch.full((m,), -1, dtype=torch.int64)

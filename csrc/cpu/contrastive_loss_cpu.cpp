@@ -1,7 +1,9 @@
 // CPU kernels of the fused contrastive loss: a forward that keeps only the row and column
 // log-sum-exps, and a backward that recomputes each tile once and produces both directions' gradients.
 // Parallel over row blocks; column statistics and text gradients are accumulated per thread and
-// reduced at the end (O(threads * M) and O(threads * M * D) extra memory, never O(N * M)).
+// reduced at the end (O(threads * M) and O(threads * M * D) extra memory, never O(N * M)). With fewer
+// rows than columns the kernels run on the transposed problem (the loss treats its two directions
+// alike), so the many columns are what the threads share and the per-thread partials stay small.
 #include <ATen/Parallel.h>
 
 #include <type_traits>
@@ -155,18 +157,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_grad_impl(const ContrastiveIn
   for (acc_t v : d_scale) total += v;
   return {d_img, d_txt_parts.sum(0), at::scalar_tensor(total, opts)};
 }
+// The shapes alone decide, so a forward and its backward always take the same orientation.
+bool runs_transposed(const ContrastiveInputs& in) { return in.img.size(0) < in.txt.size(0); }
+
+// The same loss with images and texts exchanged: its row terms are the original's column terms.
+ContrastiveInputs transposed(const ContrastiveInputs& in) {
+  ContrastiveInputs t;
+  t.img = in.txt;
+  t.txt = in.img;
+  t.logit_scale = in.logit_scale;
+  t.pos_row = in.pos_col;
+  t.pos_col = in.pos_row;
+  t.img_ids = in.txt_ids;
+  t.txt_ids = in.img_ids;
+  return t;
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> lse_oriented(const ContrastiveInputs& in) {
+  if (!runs_transposed(in)) return lse_impl<acc_t>(in);
+  auto [col_lse, row_lse] = lse_impl<acc_t>(transposed(in));
+  return {row_lse, col_lse};
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_grad_oriented(const ContrastiveInputs& in, const at::Tensor& g_row,
+                                                                  const at::Tensor& lse_row, const at::Tensor& g_col,
+                                                                  const at::Tensor& lse_col) {
+  if (!runs_transposed(in)) return lse_grad_impl<acc_t>(in, g_row, lse_row, g_col, lse_col);
+  auto [d_txt, d_img, d_scale] = lse_grad_impl<acc_t>(transposed(in), g_col, lse_col, g_row, lse_row);
+  return {d_img, d_txt, d_scale};
+}
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) {
-  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_impl<double>(in);
-  return lse_impl<float>(in);
+  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_oriented<double>(in);
+  return lse_oriented<float>(in);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const ContrastiveInputs& in, const at::Tensor& g_row,
                                                                     const at::Tensor& lse_row, const at::Tensor& g_col,
                                                                     const at::Tensor& lse_col) {
-  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_grad_impl<double>(in, g_row, lse_row, g_col, lse_col);
-  return lse_grad_impl<float>(in, g_row, lse_row, g_col, lse_col);
+  if (acc_dtype(in.img, in.txt) == at::kDouble) return lse_grad_oriented<double>(in, g_row, lse_row, g_col, lse_col);
+  return lse_grad_oriented<float>(in, g_row, lse_row, g_col, lse_col);
 }
 
 }  // namespace cpu
