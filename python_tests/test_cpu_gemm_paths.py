@@ -1,6 +1,7 @@
-"""The CPU kernels' tile GEMM paths: native bf16 products where the CPU has them, float32 otherwise.
-Every path this machine can take runs here (DCD_CPU_GEMM=float32 forces the fallback) and must give the
-float32 kernel's results on the bf16-rounded inputs, up to accumulation-order rounding."""
+"""The CPU kernels' tile GEMM paths: native bf16 products (AMX by default, AVX512_BF16 when forced), float32
+through torch's GEMM (MKL) or oneDNN's matmul (the default off Intel). Every path this machine can take runs
+here, whatever its vendor (DCD_CPU_GEMM and DCD_CPU_F32_GEMM force them), and must give the float32 kernel's
+results on the bf16-rounded inputs, up to accumulation-order rounding."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from dcd_ext import ops, reference
 from op_helpers import unit_rows
 
-PATHS = ["auto", "float32"]
+# (DCD_CPU_GEMM, DCD_CPU_F32_GEMM)
+PATHS = [("auto", "auto"), ("float32", "blas"), ("float32", "onednn"), ("native-bf16", "auto")]
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -28,28 +30,84 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-@pytest.fixture(params=PATHS)
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def report(monkeypatch, gemm: str = "", f32: str = "") -> str:
+    for name, value in (("DCD_CPU_GEMM", gemm), ("DCD_CPU_F32_GEMM", f32)):
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    return torch.ops.dcd_ext.cpu_gemm_report()
+
+
+ONEDNN_F32 = {"avx512bw", "avx512vl", "avx512dq"} <= cpu_flags() and torch.backends.mkldnn.is_available()
+
+
+@pytest.fixture(params=PATHS, ids=["-".join(p) for p in PATHS])
 def gemm_path(request, monkeypatch):
-    if request.param == "float32":
-        monkeypatch.setenv("DCD_CPU_GEMM", "float32")
-    else:
-        monkeypatch.delenv("DCD_CPU_GEMM", raising=False)
+    gemm, f32 = request.param
+    if f32 == "onednn" and not ONEDNN_F32:
+        pytest.skip("no oneDNN float32 matmul on this CPU (it needs AVX-512 BW/VL/DQ)")
+    if gemm == "native-bf16" and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        pytest.skip("this CPU has no native bfloat16 products (AVX512_BF16 or AMX)")
+    report(monkeypatch, gemm, f32)
     return request.param
 
 
 def test_report_names_the_path_the_cpu_features_allow(monkeypatch):
-    monkeypatch.delenv("DCD_CPU_GEMM", raising=False)
-    report = torch.ops.dcd_ext.cpu_gemm_report()
+    text = report(monkeypatch)
     flags = cpu_flags()
-    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
-    assert f"avx512_bf16={int('avx512_bf16' in flags)}" in report
-    native = "bfloat16: native bf16 x bf16 -> f32 (MKL)" in report
-    if not has_bf16:
-        assert not native
-    if native:
-        assert "mkl bf16 gemm: yes" in report
-    monkeypatch.setenv("DCD_CPU_GEMM", "float32")
-    assert "bfloat16: widened to float32" in torch.ops.dcd_ext.cpu_gemm_report()
+    assert f"avx512_bf16={int('avx512_bf16' in flags)}" in text
+    assert f"amx_bf16={int('amx_bf16' in flags)}" in text
+    native = "bfloat16: native bf16 x bf16 -> f32" in text
+    assert native == ("amx_bf16" in flags and "mkl bf16 gemm: yes" in text)  # by default only with AMX
+    vendor = cpu_vendor()
+    f32_onednn = "float32: oneDNN matmul" in text
+    if vendor == "GenuineIntel":
+        assert not f32_onednn and "cpu: Intel" in text
+    elif vendor == "AuthenticAMD":
+        assert "cpu: AMD" in text and f32_onednn == ONEDNN_F32
+    assert "bfloat16: widened to float32" in report(monkeypatch, "float32")
+    if "avx512_bf16" in flags and "mkl bf16 gemm: yes" in text:
+        assert "bfloat16: native bf16 x bf16 -> f32" in report(monkeypatch, "native-bf16")
+    assert "float32: torch GEMM" in report(monkeypatch, f32="blas")
+    if ONEDNN_F32:
+        assert "float32: oneDNN matmul" in report(monkeypatch, f32="onednn")
+
+
+@pytest.mark.parametrize("name,value", [("DCD_CPU_GEMM", "bf17"), ("DCD_CPU_F32_GEMM", "mkl")])
+def test_unknown_gemm_choices_are_refused_by_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        ops.similarity_topk(unit(3, 8, 0).bfloat16(), unit(5, 8, 1).bfloat16(), 2)
+
+
+@pytest.mark.parametrize("n,m,d", [(64, 2000, 32), (700, 300, 16)])
+def test_float32_results_agree_across_gemm_libraries(monkeypatch, n, m, d):
+    if not ONEDNN_F32:
+        pytest.skip("no oneDNN float32 matmul on this CPU (it needs AVX-512 BW/VL/DQ)")
+    q, keys = unit(n, d, 4), unit(m, d, 5)
+    img, txt = q.clone().requires_grad_(), keys.clone().requires_grad_()
+    out = {}
+    for lib in ("blas", "onednn"):
+        monkeypatch.setenv("DCD_CPU_F32_GEMM", lib)
+        img.grad = txt.grad = None
+        pos_col = torch.where(torch.arange(m) < n, torch.arange(m), torch.full((m,), -1))
+        loss = ops.contrastive_loss(img, txt, 10.0, torch.arange(n) % m, pos_col)
+        loss.backward()
+        out[lib] = (ops.similarity_topk(q, keys, 7)[0], loss.detach(), img.grad.clone(), txt.grad.clone())
+    for got, want in zip(out["onednn"], out["blas"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

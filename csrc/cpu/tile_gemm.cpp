@@ -13,6 +13,16 @@ void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, in
                             int lda, const void* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
 }
 
+namespace at {
+namespace native {
+// oneDNN's matmul behind torch's addmm, exported by libtorch_cpu (ATen/native/mkldnn/Matmul.h, not shipped
+// with the headers): result = beta * result + alpha * mat1 @ mat2, all operands in one dtype. Weak, like the
+// MKL symbol: a torch without oneDNN leaves it null and float32 stays on torch's GEMM.
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta, float alpha)
+    __attribute__((weak));
+}  // namespace native
+}  // namespace at
+
 namespace dcd {
 namespace cpu {
 
@@ -20,7 +30,9 @@ namespace {
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 struct CpuFeatures {
-  bool avx2 = false, avx512f = false, avx512_bf16 = false, amx_bf16 = false;
+  bool intel = false, amd = false;
+  bool avx2 = false, avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512_bf16 = false,
+       amx_bf16 = false;
 };
 
 const CpuFeatures& cpu_features() {
@@ -28,6 +40,11 @@ const CpuFeatures& cpu_features() {
     CpuFeatures f;
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
+    f.intel = __builtin_cpu_is("intel");
+    f.amd = __builtin_cpu_is("amd");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.avx512dq = __builtin_cpu_supports("avx512dq");
     f.avx2 = __builtin_cpu_supports("avx2");
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
@@ -38,15 +55,58 @@ const CpuFeatures& cpu_features() {
   return features;
 }
 
-// DCD_CPU_GEMM=float32 forces the float32 path (for comparisons and tests); anything else is automatic.
-bool forced_float32() {
-  const char* v = std::getenv("DCD_CPU_GEMM");
-  return v != nullptr && std::strcmp(v, "float32") == 0;
+std::string env_value(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
 }
 
-bool bf16_native_available() {
+// DCD_CPU_GEMM: auto (default), float32 (bfloat16 widened to float32), native-bf16 (bfloat16 multiplied
+// natively wherever the CPU can, even where that is slower). Read at every call, like DCD_CPU_IMPL.
+enum class Bf16Choice { kAuto, kFloat32, kNative };
+Bf16Choice bf16_choice() {
+  const std::string v = env_value("DCD_CPU_GEMM");
+  if (v.empty() || v == "auto") return Bf16Choice::kAuto;
+  if (v == "float32") return Bf16Choice::kFloat32;
+  TORCH_CHECK_VALUE(v == "native-bf16", "DCD_CPU_GEMM must be auto, float32 or native-bf16, got '", v, "'");
+  return Bf16Choice::kNative;
+}
+
+bool bf16_native_possible() {
   const auto& f = cpu_features();
   return cblas_gemm_bf16bf16f32 != nullptr && (f.avx512_bf16 || f.amx_bf16);
+}
+
+// Native bfloat16 by default only with AMX: with AVX512_BF16 alone MKL's bf16 GEMM runs at about 60% of
+// the float32 GEMM on the same cores (measured on Sapphire Rapids without AMX: 92 vs 149 GFLOP/s per core
+// at 256 x 1024 x 256 tiles, widening included), so widening each operand once is faster.
+bool bf16_native_available() {
+  switch (bf16_choice()) {
+    case Bf16Choice::kFloat32: return false;
+    case Bf16Choice::kNative: return bf16_native_possible();
+    case Bf16Choice::kAuto: break;
+  }
+  return bf16_native_possible() && cpu_features().amx_bf16;
+}
+
+// oneDNN's float32 matmul needs AVX-512 (BW/VL/DQ) in torch's device check.
+bool onednn_f32_possible() {
+  const auto& f = cpu_features();
+  return at::native::mkldnn_matmul != nullptr && at::hasMKLDNN() && f.avx512bw && f.avx512vl && f.avx512dq;
+}
+
+// DCD_CPU_F32_GEMM: auto (default), blas (torch's GEMM: MKL where torch has it) or onednn. auto takes
+// oneDNN on CPUs other than Intel's, where MKL does not run its fast kernels (AMD Zen 4: about 163 vs 271
+// GFLOP/s on two cores), and torch's GEMM on Intel, where MKL is as fast as oneDNN.
+bool use_onednn_f32() {
+  const std::string v = env_value("DCD_CPU_F32_GEMM");
+  if (v == "onednn") {
+    TORCH_CHECK_VALUE(onednn_f32_possible(), "DCD_CPU_F32_GEMM=onednn but this torch or CPU has no oneDNN float32 "
+                      "matmul (it needs AVX-512 BW/VL/DQ)");
+    return true;
+  }
+  if (v == "blas") return false;
+  TORCH_CHECK_VALUE(v.empty() || v == "auto", "DCD_CPU_F32_GEMM must be auto, blas or onednn, got '", v, "'");
+  return onednn_f32_possible() && !cpu_features().intel;
 }
 
 bool use_native(const at::Tensor& a, const at::Tensor& b) {
@@ -54,6 +114,12 @@ bool use_native(const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
+// out = beta * out + alpha * a @ b in float32 (a, b float32, possibly transposed views)
+void f32_addmm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta, float alpha) {
+  if (out.is_contiguous() && use_onednn_f32()) return at::native::mkldnn_matmul(a, b, out, beta, alpha);
+  at::addmm_out(out, out, a, b, beta, alpha);
+}
 
 at::Tensor float_view(float* c, int64_t m, int64_t n, int64_t ldc) {
   return at::from_blob(c, {m, n}, {ldc, 1}, at::TensorOptions().dtype(at::kFloat));
@@ -76,7 +142,7 @@ int64_t packed_width(int64_t cols) { return (cols + 15) / 16 * 16; }
 }  // namespace
 
 GemmPath gemm_path_for(at::ScalarType dtype) {
-  if (dtype == at::kBFloat16 && !forced_float32() && bf16_native_available()) return GemmPath::kBF16Native;
+  if (dtype == at::kBFloat16 && bf16_native_available()) return GemmPath::kBF16Native;
   return GemmPath::kFloat32;
 }
 
@@ -86,18 +152,26 @@ at::ScalarType operand_dtype(at::ScalarType dtype) {
 
 std::string gemm_report() {
   const auto& f = cpu_features();
+  const bool onednn = use_onednn_f32();
+  const char* f32_lib = onednn ? "oneDNN matmul" : (at::hasMKL() ? "torch GEMM (MKL)" : "torch GEMM (BLAS)");
   std::ostringstream out;
-  out << "cpu features: avx2=" << f.avx2 << " avx512f=" << f.avx512f << " avx512_bf16=" << f.avx512_bf16
-      << " amx_bf16=" << f.amx_bf16 << "; mkl bf16 gemm: " << (cblas_gemm_bf16bf16f32 ? "yes" : "no")
+  out << "cpu: " << (f.intel ? "Intel" : (f.amd ? "AMD" : "other")) << "; features: avx2=" << f.avx2
+      << " avx512f=" << f.avx512f << " avx512_bf16=" << f.avx512_bf16 << " amx_bf16=" << f.amx_bf16
+      << "; mkl bf16 gemm: " << (cblas_gemm_bf16bf16f32 ? "yes" : "no")
       << "; oneDNN brgemm bf16: " << (brgemm_available() ? "yes" : "no")
-      << "; float32: torch GEMM (" << (at::hasMKL() ? "MKL" : "BLAS") << ")"
-      << "; float16: widened to float32, torch GEMM"
-      << "; bfloat16: "
-      << (gemm_path_for(at::kBFloat16) == GemmPath::kBF16Native
-              ? (brgemm_available() ? "native bf16 x bf16 -> f32 (scores: oneDNN brgemm; other products: MKL)"
-                                    : "native bf16 x bf16 -> f32 (MKL)")
-                                                                 : "widened to float32, torch GEMM")
-      << (forced_float32() ? " (DCD_CPU_GEMM=float32)" : "");
+      << "; oneDNN f32 matmul: " << (onednn_f32_possible() ? "yes" : "no") << "; float32: " << f32_lib
+      << "; float16: widened to float32, " << f32_lib << "; bfloat16: ";
+  if (gemm_path_for(at::kBFloat16) == GemmPath::kBF16Native) {
+    out << (brgemm_available() ? "native bf16 x bf16 -> f32 (scores: oneDNN brgemm; other products: MKL)"
+                               : "native bf16 x bf16 -> f32 (MKL)");
+  } else {
+    out << "widened to float32, " << f32_lib
+        << (bf16_native_possible() && bf16_choice() == Bf16Choice::kAuto ? " (faster than MKL's bf16 GEMM without AMX)"
+                                                                        : "");
+  }
+  const std::string gemm = env_value("DCD_CPU_GEMM"), f32 = env_value("DCD_CPU_F32_GEMM");
+  if (!gemm.empty()) out << " (DCD_CPU_GEMM=" << gemm << ")";
+  if (!f32.empty()) out << " (DCD_CPU_F32_GEMM=" << f32 << ")";
   return out.str();
 }
 
@@ -105,21 +179,21 @@ void gemm_nt(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, fl
   const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
   if (use_native(a, b)) return native(kNoTrans, kTrans, m, n, k, alpha, a, k, b, k, beta, c, ldc);
   auto out = float_view(c, m, n, ldc);
-  at::addmm_out(out, out, as_float(a), as_float(b).t(), beta, alpha);
+  f32_addmm(out, as_float(a), as_float(b).t(), beta, alpha);
 }
 
 void gemm_nn(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, float alpha, float beta) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   if (use_native(a, b)) return native(kNoTrans, kNoTrans, m, n, k, alpha, a, a.stride(0), b, n, beta, c, ldc);
   auto out = float_view(c, m, n, ldc);
-  at::addmm_out(out, out, as_float(a), as_float(b), beta, alpha);
+  f32_addmm(out, as_float(a), as_float(b), beta, alpha);
 }
 
 void gemm_tn(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, float alpha, float beta) {
   const int64_t k = a.size(0), m = a.size(1), n = b.size(1);
   if (use_native(a, b)) return native(kTrans, kNoTrans, m, n, k, alpha, a, a.stride(0), b, n, beta, c, ldc);
   auto out = float_view(c, m, n, ldc);
-  at::addmm_out(out, out, as_float(a).t(), as_float(b), beta, alpha);
+  f32_addmm(out, as_float(a).t(), as_float(b), beta, alpha);
 }
 
 ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype) {

@@ -1,10 +1,13 @@
 // Tile products of the CPU kernels, C (float32) = alpha * op(A) op(B) + beta * C, with A and B float32,
-// bfloat16 or float16 and accumulation in float32. Which GEMM runs is decided from what the CPU and torch
-// offer (gemm_report says which): where the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX),
-// bfloat16 operands are multiplied as they are, so products are exact and only the accumulation order
-// differs from float32 — score tiles through torch's oneDNN brgemm micro-kernel on keys packed once per
-// call, the other products through MKL's bf16 x bf16 -> f32 GEMM; everything else is widened to float32
-// once and multiplied by torch's float32 GEMM.
+// bfloat16 or float16 and accumulation in float32. Which GEMM runs is decided at run time from the CPU
+// and what torch offers (gemm_report says which):
+// - float32 (and float16, widened once): torch's GEMM (MKL) on Intel CPUs, oneDNN's matmul elsewhere
+//   (AMD), where MKL does not take its fast kernels; DCD_CPU_F32_GEMM=blas|onednn forces one.
+// - bfloat16: multiplied natively where the CPU has AMX (score tiles through torch's oneDNN brgemm
+//   micro-kernel on keys packed once per call, the other products through MKL's bf16 x bf16 -> f32 GEMM),
+//   so products are exact and only the accumulation order differs from float32; on CPUs with AVX512_BF16
+//   but no AMX, widened to float32 like float16, because there the float32 GEMM is faster than MKL's bf16
+//   one. DCD_CPU_GEMM=float32 always widens, DCD_CPU_GEMM=native-bf16 multiplies natively wherever it can.
 #pragma once
 
 #include <ATen/ATen.h>
