@@ -25,7 +25,7 @@ from ..retrieval.evaluation import evaluate_student, evaluate_student_and_rerank
 from ..retrieval.metrics import format_table
 from ..students import load_student, save_student
 from ..text_coverage import coverage_warnings
-from .checkpoint import check_checkpoint_fits, latest_checkpoint
+from .checkpoint import check_checkpoint_fits, latest_checkpoint, read_meta
 from .components import (build_student_from_args, load_data_from_args, make_loss, screen_images,
                          settings_from_args, skipped_images_text)
 from .fusion import fusion_results, is_fusion_run, run_name
@@ -33,6 +33,7 @@ from .loop import Interrupted, check_layout, train_student
 from .params import parse_args
 from .report import write_plots, write_report
 from .run_dir import RunDir, check_new_run_folder, default_run_folder, get_logger, write_config
+from .run_identity import check_checkpoint_identity, run_identity
 
 
 def resume_checkpoint(args, run: RunDir, name: str) -> Optional[str]:
@@ -72,9 +73,11 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
             log.warning(message)
         for message in coverage_warnings(test.captions, dual, None, "evaluation captions"):
             log.warning(message)
+    settings.run_identity = run_identity(args)
     checkpoint = resume_checkpoint(args, run, name)
     if checkpoint is not None:
         check_checkpoint_fits(checkpoint, student)
+        check_checkpoint_identity(checkpoint, read_meta(checkpoint)["extra"].get("run"), settings.run_identity)
     # ---- the run folder ----
     if world.is_main:
         run.create()

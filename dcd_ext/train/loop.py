@@ -49,6 +49,7 @@ class TrainSettings:
     progress: bool = True  # progress bars on a terminal (never in logs or pipes)
     eval_batch_size: int = 256
     early_stop: int = 0  # epochs without a better validation RSUM before stopping (0: never)
+    run_identity: Optional[dict] = None  # recorded in every checkpoint (dcd_ext.train.run_identity)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -192,7 +193,7 @@ def train_student(run_name: str, student, loss_fn, train_split: RetrievalSet, va
                     "early_stopped": summary.get("early_stopped"),
                     "teacher_pairs": summary["teacher_pairs"], "teacher_seconds": summary["teacher_seconds"]}
         extra = {"schedule": facts, "scaler": scaler.state_dict() if scaler is not None else None,
-                 "tracking": tracking}
+                 "tracking": tracking, "run": settings.run_identity}
         save_checkpoint(path, student, optimizer, {"epoch": epoch, "step": step, "global_step": global_step},
                         states, extra)
         for old in checkpoint_files(ckpt_dir):  # mid-epoch and interrupted files this one supersedes
