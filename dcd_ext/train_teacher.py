@@ -19,7 +19,7 @@ import torch
 from .cli import (add_device_argument, add_hidden_alias, add_precision_argument, add_teacher_arguments,
                   load_teacher_from_args, make_parser, positive_int, resolve_device, run_command_line,
                   teacher_kind)
-from .data.pairs_file import load_pairs_file
+from .data import load_split
 from .existing_output import add_overwrite_argument, check_new_folder, replace_folder
 from .files import write_text_atomically
 from .teachers import finetune_teacher
@@ -29,9 +29,14 @@ DEFAULT_LR = {"vilt": 1e-4, "meter": 5e-6, "blip": 1e-5}  # the authors' fine-tu
 
 def build_parser():
     parser = make_parser("python -m dcd_ext.train_teacher", __doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="CSV or JSONL table of image path + caption")
+    parser.add_argument("--data", required=True, help="CSV, TSV or JSONL table of image path + caption (rows of "
+                        "--split when it has a split column, else every row), or a Karpathy split JSON (with --images)")
     parser.add_argument("--images", default=None,
-                        help="folder relative image paths start from (default: the table's folder)")
+                        help="folder relative image paths start from (default: the table's folder); Karpathy: the "
+                             "image root")
+    parser.add_argument("--split", default="train",
+                        help="the split fine-tuned on: rows of a table's split column, or a Karpathy split (train = "
+                             "train + restval); test rows are never trained on by default")
     add_hidden_alias(parser, "--image-root", "images")
     add_teacher_arguments(parser, required=True, purpose="teacher to fine-tune", batch_size=False)
     parser.add_argument("--out", required=True, help="directory to save the fine-tuned teacher to (one that already "
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)  # dropout
 
     replaces = check_new_folder(args.out, args.overwrite, "teacher folder", is_teacher_output)
-    table = load_pairs_file(args.data, args.images)
+    table = load_split(args.data, args.images, args.split, all_rows_without_split_column=True)
     images = table.load_images(range(table.num_images))
     teacher = load_teacher_from_args(args, device, bf16=args.precision == "bf16")
     lr = args.lr if args.lr is not None else DEFAULT_LR[kind]
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     window = max(1, len(losses) // 10)
     summary = {
-        "teacher_kind": kind, "out": str(out), "steps": len(losses),
+        "teacher_kind": kind, "out": str(out), "data": table.name, "steps": len(losses),
         "images": len(images), "captions": len(table.captions),
         "first_loss": sum(losses[:window]) / window, "last_loss": sum(losses[-window:]) / window,
     }

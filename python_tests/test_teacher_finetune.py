@@ -156,3 +156,24 @@ def test_cli_rejects_bad_tables(vilt_dir, tmp_path):
     with pytest.raises(SystemExit):
         train_teacher.main(["--data", str(bad), "--teacher-kind", "clip", "--teacher", str(vilt_dir),
                             "--out", str(tmp_path / "o")])
+
+
+def test_cli_fine_tunes_on_the_train_split_only(vilt_dir, tmp_path, capsys):
+    """Test rows of a table with a split column, and a Karpathy file's val and test images, are never trained on."""
+    from train_fixtures import write_karpathy, write_table
+
+    table = write_table(str(tmp_path), num_images=12, captions_per_image=1, test_every=3)  # images 0, 3, 6, 9: test
+    common = ["--teacher-kind", "vilt", "--teacher", str(vilt_dir), "--epochs", "1", "--batch-size", "4",
+              "--negatives", "2", "--device", "cpu", "--no-progress"]
+
+    def summary(*flags):
+        assert train_teacher.main([*flags, *common]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    done = summary("--data", table, "--out", str(tmp_path / "ft"))
+    assert (done["data"], done["images"], done["captions"]) == ("pairs:train", 8, 8)
+    done = summary("--data", table, "--split", "test", "--out", str(tmp_path / "ft-test"))
+    assert (done["data"], done["images"]) == ("pairs:test", 4)
+    data, root = write_karpathy(str(tmp_path / "karpathy"))
+    done = summary("--data", data, "--images", root, "--out", str(tmp_path / "ft-karpathy"))
+    assert done["images"] == 3  # train + restval, not val or test
