@@ -92,7 +92,7 @@ def test_unknown_gemm_choices_are_refused_by_name(monkeypatch, name, value):
         ops.similarity_topk(unit(3, 8, 0).bfloat16(), unit(5, 8, 1).bfloat16(), 2)
 
 
-@pytest.mark.parametrize("n,m,d", [(64, 2000, 32), (700, 300, 16)])
+@pytest.mark.parametrize("n,m,d", [(64, 2000, 32), (700, 300, 16), (130, 70, 0)])
 def test_float32_results_agree_across_gemm_libraries(monkeypatch, n, m, d):
     if not ONEDNN_F32:
         pytest.skip("no oneDNN float32 matmul on this CPU (it needs AVX-512 BW/VL/DQ)")
@@ -108,6 +108,7 @@ def test_float32_results_agree_across_gemm_libraries(monkeypatch, n, m, d):
         out[lib] = (ops.similarity_topk(q, keys, 7)[0], loss.detach(), img.grad.clone(), txt.grad.clone())
     for got, want in zip(out["onednn"], out["blas"]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(out["onednn"][1])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

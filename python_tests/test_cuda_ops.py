@@ -200,6 +200,79 @@ def test_contrastive_loss_cuda_equals_cpu_and_reference(n, m, d, dtype, gen):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(3, 200), (130, 70)])
+def test_contrastive_loss_cuda_with_zero_width_embeddings(n, m, dtype):
+    """D = 0: every score is 0, so the loss is log(M) + log(N) over 2 and the gradients of img and txt are
+    empty; several column tiles per CTA (M > 64) exercise the barriers that order shared memory when no
+    product runs."""
+    img, txt = torch.zeros(n, 0, dtype=dtype), torch.zeros(m, 0, dtype=dtype)
+    pos_row = torch.arange(n) % m
+    pos_col = torch.where(torch.arange(m) < n, torch.arange(m), torch.full((m,), -1))
+    scale = torch.tensor(10.0)
+    results = []
+    for device in ("cpu", "cuda"):
+        a, b, s = leaf(img.to(device)), leaf(txt.to(device)), leaf(scale.to(device))
+        loss = ops.contrastive_loss(a, b, s, pos_row.to(device), pos_col.to(device))
+        results.append((loss, *torch.autograd.grad(loss, (a, b, s))))
+    ref = reference.contrastive_loss(img.double(), txt.double(), scale.double(), pos_row, pos_col)
+    for x, y in zip(*results):
+        assert_close(x, y, dtype)
+    assert_close(results[1][0], ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,m", [(256, 65536), (16, 20000)])
+def test_contrastive_loss_cuda_skinny_shapes(n, m, dtype, gen):
+    """Few rows against many columns (one data-parallel rank's rows against the gathered batch) against
+    the CPU kernel and the float64 reference."""
+    d = 64
+    img, txt = unit_rows(n, d, gen, dtype=dtype), unit_rows(m, d, gen, dtype=dtype)
+    pos_row = torch.arange(n)
+    pos_col = torch.where(torch.arange(m) < n, torch.arange(m), torch.full((m,), -1))
+    scale = torch.tensor(20.0)
+
+    def run(fn, device, cast=None):
+        a = leaf(img.to(device) if cast is None else img.to(cast))
+        b = leaf(txt.to(device) if cast is None else txt.to(cast))
+        s = leaf(scale.to(device) if cast is None else scale.to(cast))
+        loss = fn(a, b, s, pos_row.to(a.device), pos_col.to(a.device))
+        return (loss, *torch.autograd.grad(loss, (a, b, s)))
+
+    cuda, cpu = run(ops.contrastive_loss, "cuda"), run(ops.contrastive_loss, "cpu")
+    ref = run(reference.contrastive_loss, "cpu", torch.float64)
+    for x, y, r in zip(cuda, cpu, ref):
+        assert_close(x, y, dtype, scale=10.0)
+        assert_close(x, r, dtype, scale=10.0)
+
+
+BAD_PLACES = {"first": (0, 0), "last": (-1, -1), "inner": (1, 3)}
+
+
+@pytest.mark.parametrize("which", ["query", "keys"])
+@pytest.mark.parametrize("place", list(BAD_PLACES))
+@pytest.mark.parametrize("n,m", [(2, 50_000), (600, 300)])
+def test_similarity_topk_cuda_refuses_a_non_finite_value_anywhere(which, place, n, m, gen):
+    """The device-side check fails the next synchronising call; it runs in a subprocess because a
+    device-side assertion leaves the CUDA context unusable."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from dcd_ext import ops
+        q, keys = torch.randn({n}, 8, device="cuda"), torch.randn({m}, 8, device="cuda")
+        {which}[{BAD_PLACES[place]}] = float("nan")
+        values, _ = ops.similarity_topk(q, keys, 3)
+        torch.cuda.synchronize()
+        print("no error")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "no error" not in done.stdout
+    assert f"{which} holds NaN or infinite values" in done.stderr or "device-side assert" in done.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["kl", "mse"])
 @pytest.mark.parametrize("weighting", ["none", "dcd"])
 def test_distill_and_dynamic_loss_cuda_equals_cpu(kind, weighting, dtype, gen):

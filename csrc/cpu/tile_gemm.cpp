@@ -117,7 +117,8 @@ at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat 
 
 // out = beta * out + alpha * a @ b in float32 (a, b float32, possibly transposed views)
 void f32_addmm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta, float alpha) {
-  if (out.is_contiguous() && use_onednn_f32()) return at::native::mkldnn_matmul(a, b, out, beta, alpha);
+  // oneDNN leaves the output unwritten for an empty inner dimension (D = 0): torch's GEMM writes beta * out
+  if (out.is_contiguous() && a.size(1) > 0 && use_onednn_f32()) return at::native::mkldnn_matmul(a, b, out, beta, alpha);
   at::addmm_out(out, out, a, b, beta, alpha);
 }
 

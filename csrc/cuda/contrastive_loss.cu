@@ -131,7 +131,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t pos_i = i < n ? mask.pos_row[i] : -1;
   acc_t d_scale = 0;
 
-  for (int e = threadIdx.x; e < kRows * ld; e += kThreads) acc[e] = acc_t(0);  // the producer's barriers order this
+  for (int e = threadIdx.x; e < kRows * ld; e += kThreads) acc[e] = acc_t(0);
+  // orders the zeroing before the read-back even when the column loop (whose barriers order it otherwise)
+  // runs no iteration
+  __syncthreads();
 
   for (int64_t c0 = 0; c0 < m; c0 += kCols) {
     Gemm::run(a, n, b, m, d, r0, c0, sm, tile);
