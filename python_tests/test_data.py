@@ -272,3 +272,28 @@ def test_table_errors_give_the_files_line_number(tmp_path):
     assert load_pairs_file(str(path)).captions == ["a red circle"]
     table = load_pairs_file(write_table(str(tmp_path), num_images=4, fmt="csv"), split="train")
     assert table.image_origins[:2] == ["pairs.csv line 4", "pairs.csv line 6"]
+
+
+def test_one_image_under_two_spellings_is_one_image_and_repeated_rows_are_left_out(tmp_path, capsys):
+    write_images(str(tmp_path), ["photos/x.png", "photos/y.png"])
+    y = os.path.join(str(tmp_path), "photos", "y.png")
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,caption\n"
+                    "photos/x.png,a red cat\n"         # line 2
+                    "./photos/x.png,a cat on a mat\n"  # the same image, spelt differently
+                    "photos/y.png,a dog\n"
+                    "photos/x.png,a red cat\n"         # line 5 repeats line 2
+                    f"{y}, a dog \n"                   # line 6 repeats line 4 (an absolute path, spaces)
+                    "photos/../photos/y.png,a brown dog\n")
+    split = load_pairs_file(str(path))
+    assert split.num_images == 2
+    assert split.captions == ["a red cat", "a cat on a mat", "a dog", "a brown dog"]
+    assert split.caption_image == [0, 0, 1, 1]
+    assert split.images == [os.path.join(str(tmp_path), "photos", "x.png"), y]
+    err = capsys.readouterr().err
+    assert err == (f"warning: {path}: 2 rows repeat an earlier (image, caption) row and are left out "
+                   "(e.g. line 5 repeats line 2)\n")
+    # a table without repeats says nothing
+    path.write_text("image,caption\nphotos/x.png,a red cat\n./photos/y.png,a dog\n")
+    assert load_pairs_file(str(path)).caption_image == [0, 1]
+    assert capsys.readouterr().err == ""

@@ -1,7 +1,10 @@
 """(image path, caption) tables: CSV, TSV or JSON Lines, one pair per row.
 
-Rows naming the same image path become one image with several captions. An optional ``split`` column
-selects rows (``split=None`` keeps every row); relative image paths resolve against ``image_root`` (default: the table's folder).
+Rows naming the same image file become one image with several captions: paths are compared once resolved
+(``photos/x.jpg``, ``./photos/x.jpg`` and ``/data/photos/x.jpg`` are one image, not each other's negatives). A
+row repeating an earlier (image, caption) row is left out, with one warning that counts them. An optional
+``split`` column selects rows (``split=None`` keeps every row); relative image paths resolve against
+``image_root`` (default: the table's folder).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import csv
 import io
 import json
 import os
+import sys
 from typing import Optional
 
 from .retrieval_set import EmptySplitError, RetrievalSet
@@ -112,6 +116,8 @@ def load_pairs_file(path: str, image_root: Optional[str] = None, split: Optional
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
     index: dict[str, int] = {}
     images, names, captions, caption_image, origins = [], [], [], [], []
+    seen: dict[tuple[int, str], int] = {}  # (image, caption) -> the line that first holds it
+    repeated: list[tuple[int, int]] = []  # (line, the earlier line it repeats)
     base = os.path.basename(path)
     for lineno, row in numbered:
         name, caption = row.get(img_key), row.get(cap_key)
@@ -119,13 +125,23 @@ def load_pairs_file(path: str, image_root: Optional[str] = None, split: Optional
             raise ValueError(f"{path}:{lineno}: empty {img_key!r}")
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"{path}:{lineno}: empty {cap_key!r}")
-        name = name.strip()
-        if name not in index:
-            index[name] = len(images)
-            images.append(name if os.path.isabs(name) else os.path.join(root, name))
+        name, caption = name.strip(), caption.strip()
+        file = os.path.normpath(name if os.path.isabs(name) else os.path.join(root, name))
+        if file not in index:
+            index[file] = len(images)
+            images.append(file)
             names.append(name)
             origins.append(f"{base} line {lineno}")
-        captions.append(caption.strip())
-        caption_image.append(index[name])
+        pair = (index[file], caption)
+        if pair in seen:
+            repeated.append((lineno, seen[pair]))
+            continue
+        seen[pair] = lineno
+        captions.append(caption)
+        caption_image.append(index[file])
+    if repeated:
+        line, first = repeated[0]
+        print(f"warning: {path}: {len(repeated)} rows repeat an earlier (image, caption) row and are left out "
+              f"(e.g. line {line} repeats line {first})", file=sys.stderr)
     stem = os.path.splitext(base)[0]
     return RetrievalSet(f"{stem}:{split}" if split else stem, images, captions, caption_image, names, origins)
