@@ -3,6 +3,12 @@ token, and how many captions it truncates. Commands warn once, with counts, when
 student or teacher that sees ``[UNK]`` for a tenth of the words, or only the first 32 tokens of a long
 caption, trains and retrieves worse without any error.
 
+Only a caption's own tokens are counted, never the special tokens the tokenizer adds around them (CLIP's
+unknown token is also its end-of-text token: counting it made every CLIP caption look partly unreadable). A
+sub-word tokenizer that maps at least half of the tokens to its unknown token does not read these captions at
+all (a model folder missing its tokenizer files): :func:`coverage_warnings` raises a ValueError instead of
+warning. A word-level vocabulary (the small students') only warns: words it never saw in training are expected.
+
 Works with the small students' :class:`~dcd_ext.students.WordTokenizer`, the students' Hugging Face wrapper
 (``HFTokenizer``) and a teacher (its ``tokenizer`` and ``max_text_len``).
 """
@@ -17,6 +23,8 @@ from typing import Optional, Sequence
 # warn when at least this share of the words (tokens) is unknown, or of the captions is truncated
 WARN_UNKNOWN_SHARE = 0.01
 WARN_TRUNCATED_SHARE = 0.01
+# a sub-word tokenizer mapping at least this share of the tokens to its unknown token is an error
+ERROR_UNKNOWN_SHARE = 0.5
 SAMPLE = 50_000  # captions examined at most (a seeded sample of larger sets)
 
 
@@ -41,6 +49,11 @@ class Coverage:
     @property
     def truncated_share(self) -> float:
         return self.truncated / max(1, self.texts)
+
+    @property
+    def unusable(self) -> bool:
+        """A sub-word tokenizer that reads most tokens as unknown: the wrong or a broken tokenizer."""
+        return self.unit == "tokens" and self.unknown_share >= ERROR_UNKNOWN_SHARE
 
     @property
     def worth_warning(self) -> bool:
@@ -84,10 +97,14 @@ def word_coverage(tokenizer, texts: Sequence[str], who: str, limit: int = SAMPLE
 
 
 def hf_coverage(tokenizer, max_length: int, texts: Sequence[str], who: str, limit: int = SAMPLE) -> Coverage:
-    """A Hugging Face tokenizer: tokens equal to its unknown token; captions whose tokens (special tokens
-    included) exceed ``max_length``."""
+    """A Hugging Face tokenizer: a caption's own tokens (not the special tokens the tokenizer adds) equal to
+    its unknown token; captions whose tokens, with the special ones, exceed ``max_length``."""
     texts, sampled_from = _sample(texts, limit)
-    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    try:
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+    except (AttributeError, NotImplementedError):
+        specials = 0
     unk = tokenizer.unk_token_id
     total = unknown = with_unknown = truncated = 0
     examples: Counter = Counter()
@@ -97,7 +114,7 @@ def hf_coverage(tokenizer, max_length: int, texts: Sequence[str], who: str, limi
         total += len(ids)
         unknown += count
         with_unknown += count > 0
-        truncated += len(ids) > max_length
+        truncated += len(ids) + specials > max_length
         if count and looked < 100:
             looked += 1
             examples.update(w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"])
@@ -127,10 +144,16 @@ def teacher_coverage(teacher, texts: Sequence[str], limit: int = SAMPLE) -> Opti
 
 
 def coverage_warnings(texts: Sequence[str], student=None, teacher=None, what: str = "captions") -> list[str]:
-    """The warnings (at most one per tokenizer) for ``texts``: empty when both cover them well."""
+    """The warnings (at most one per tokenizer) for ``texts``: empty when both cover them well. A sub-word
+    tokenizer that reads most of them as unknown tokens is a ValueError naming the model (see
+    :data:`ERROR_UNKNOWN_SHARE`)."""
     out = []
     for cov in (student_coverage(student, texts) if student is not None else None,
                 teacher_coverage(teacher, texts) if teacher is not None else None):
+        if cov is not None and cov.unusable:
+            raise ValueError(f"{cov.who.split()[0]}: its tokenizer does not read these {what}: "
+                             f"{cov.message(what).split(': ', 1)[1]}. Is its tokenizer missing or not the model's "
+                             "(a folder without tokenizer.json, or vocab.json + merges.txt, as the hub ships it)?")
         if cov is not None and cov.worth_warning:
             out.append(cov.message(what))
     return out
