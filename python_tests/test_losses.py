@@ -252,3 +252,21 @@ def differentiable_weights(t, z, valid):
     ce_t = torch.logsumexp(t.detach().masked_fill(~valid, neg), dim=1) - t.detach()[:, 0]
     omega = 1 - torch.exp(-torch.clamp(ce_s / (ce_t + 1e-7), min=0))
     return omega, torch.ones_like(omega)
+
+
+def test_dcd_loss_refuses_embeddings_that_are_not_l2_normalised():
+    """CLIP's get_image_features output (norms of 10 or more) gave losses of 56-222 instead of ~5, silently."""
+    img, txt, scale = batch()
+    teacher, images, rows = teacher_for_rows(), IDS.tolist(), list(range(len(IDS)))
+    loss_fn = DCDLoss(teacher, k=2)
+    with pytest.raises(ValueError, match=r"img: DCDLoss needs L2-normalised embedding rows \(docs/plugin\.md\); "
+                                         r"row 0 has norm 12\.3 ?.*: pass torch\.nn\.functional\.normalize\(img"):
+        loss_fn(img * torch.tensor([12.3] + [1.0] * (len(IDS) - 1)).view(-1, 1) / img.norm(dim=1, keepdim=True),
+                txt, scale, IDS, images, rows)
+    with pytest.raises(ValueError, match=r"txt: DCDLoss needs L2-normalised .* row 2 has norm 0"):
+        loss_fn(img, txt.index_fill(0, torch.tensor([2]), 0.0), scale, IDS, images, rows)
+    with pytest.raises(ValueError, match=r"img: .* has norm nan"):
+        loss_fn(img.index_fill(0, torch.tensor([1]), float("nan")), txt, scale, IDS, images, rows)
+    # normalised rows pass, in 16-bit types too
+    assert torch.isfinite(loss_fn(img, txt, scale, IDS, images, rows).loss)
+    assert torch.isfinite(loss_fn(img.bfloat16(), txt.bfloat16(), scale, IDS, images, rows).loss)

@@ -125,6 +125,26 @@ class Targets(NamedTuple):
     teacher_seconds: float = 0.0
 
 
+# how far a row's L2 norm may be from 1: rounding of 16-bit embeddings, and of float32 ones
+NORM_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 2e-2}
+NORM_TOLERANCE_DEFAULT = 1e-3
+
+
+def check_normalised(img: Tensor, txt: Tensor) -> None:
+    """ValueError naming the argument when a row of ``img`` or ``txt`` is not L2-normalised (O(B·D)): the loss's
+    logits are ``logit_scale`` times cosine similarities, and un-normalised rows (a model's raw projection
+    output, CLIP's ``get_image_features``) would train on logits many times too large without an error."""
+    with torch.no_grad():
+        for name, t in (("img", img), ("txt", txt)):
+            norms = torch.linalg.vector_norm(t.detach().float(), dim=1)
+            off = (norms - 1).abs()
+            worst = int(off.argmax())
+            if not bool(off[worst] <= NORM_TOLERANCE.get(t.dtype, NORM_TOLERANCE_DEFAULT)):  # also catches nan
+                raise ValueError(f"{name}: DCDLoss needs L2-normalised embedding rows (docs/plugin.md); row {worst} "
+                                 f"has norm {float(norms[worst]):.4g}: pass torch.nn.functional.normalize({name}, "
+                                 "dim=-1)")
+
+
 def check_batch(img: Tensor, txt: Tensor, image_ids, images, texts) -> Tensor:
     """The image ids as an int64 tensor on the embeddings' device, after checking that every part of the
     batch describes the same B rows; a TypeError / ValueError naming the caller's argument otherwise.
@@ -263,6 +283,7 @@ class DCDLoss(StudentLoss):
 
     - ``img`` [B, D], ``txt`` [B, D]: the student's L2-normalised image and caption embeddings; row i of each
       is a positive pair (the same image may fill several rows, once per caption). Floating point, one device.
+      A row whose norm is not 1 (to rounding) is a ValueError naming the argument: normalise them first.
     - ``logit_scale``: the student's scale σ, a one-element tensor (it receives a gradient).
     - ``image_ids`` [B] int64: rows with equal ids show the same image, so their captions are never each
       other's negatives (in the contrastive denominators and in mining).
@@ -368,6 +389,7 @@ class DCDLoss(StudentLoss):
         for name, items in (("images", images), ("texts", texts)):
             if items is None:
                 raise TypeError(f"{name}: DCDLoss needs the batch's raw {name} (what the teacher reads); got None")
+        check_normalised(img, txt)
         if img.shape[0] < 2:
             raise ValueError(f"img: a DCD step needs a batch of at least 2 rows; got {img.shape[0]}")
         start, self.teacher_pairs = time.perf_counter(), 0
