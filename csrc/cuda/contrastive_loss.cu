@@ -7,9 +7,11 @@
 // of each column in slot order with the shared OnlineLSE.
 //
 // Backward (4 GEMM-equivalents: per direction one score recomputation and one gradient product): a CTA
-// owns 32 rows and a chunk of D; for every column tile it recomputes the scores, forms dS with the
-// shared per-score helper (dcd/contrastive_grad.h) and accumulates dS . B in shared memory across all
-// tiles (tensor cores for 16-bit inputs), writing its d_a block once at the end. The column direction
+// owns 32 rows, a chunk of D and a split of the columns (one split unless the rows are too few to fill
+// the GPU); for every column tile of its split it recomputes the scores, forms dS with the shared
+// per-score helper (dcd/contrastive_grad.h) and accumulates dS . B in shared memory across the tiles
+// (tensor cores for 16-bit inputs), writing its d_a block (a split's partial) once at the end; a small
+// kernel adds the splits' partials in split order. The column direction
 // runs the same kernel with a and b swapped (PairMask is symmetric under that swap), so there are no
 // atomics, nothing of size N x M, and results are bitwise reproducible.
 #include "cuda/contrastive_tiles.cuh"
@@ -102,13 +104,26 @@ __global__ void col_merge_kernel(const acc_t* part_max, const acc_t* part_sum, i
   col_lse[j] = run.value();
 }
 
+// d_a[e] += the partials of splits 1.. (split_ws, [splits - 1][count]) in split order.
+template <typename acc_t>
+__global__ void split_sum_kernel(acc_t* d_a, const acc_t* split_ws, int64_t parts, int64_t count) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= count) return;
+  acc_t v = d_a[e];
+  for (int64_t s = 0; s < parts; ++s) v += split_ws[s * count + e];
+  d_a[e] = v;
+}
+
 // blockIdx.x: the 32-row block; blockIdx.y: the chunk [y * dc, y * dc + dc) of D this CTA accumulates
-// (dc a multiple of kGradStrip; one chunk unless D exceeds the shared accumulator).
+// (dc a multiple of kGradStrip; one chunk unless D exceeds the shared accumulator); blockIdx.z: the split
+// of the columns [z * split_cols, z * split_cols + split_cols) (split_cols a multiple of kCols), whose
+// partial goes to d_a (split 0) or split_ws.
 template <typename in_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, 2)
     grad_kernel(const in_t* a, int64_t n, const in_t* b, int64_t m, int64_t d, int64_t dc, const acc_t* scale_ptr,
                 const acc_t* g_bound_ptr, MaskArgs mask_args, const acc_t* g_a, const acc_t* lse_a,
-                const acc_t* g_b, const acc_t* lse_b, acc_t* d_a, acc_t* d_scale_parts) {
+                const acc_t* g_b, const acc_t* lse_b, acc_t* d_a, acc_t* d_scale_parts, int64_t split_cols,
+                acc_t* split_ws) {
   using Gemm = typename TileGemmFor<in_t, acc_t>::type;
   using Product = typename GradProductFor<in_t, acc_t>::type;
   __shared__ typename Gemm::Smem sm;
@@ -127,6 +142,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t k_begin = static_cast<int64_t>(blockIdx.y) * dc;
   const int64_t k_len = d - k_begin < dc ? d - k_begin : dc;
   const bool want_d_scale = d_scale_parts != nullptr && blockIdx.y == 0;
+  const int64_t c_begin = static_cast<int64_t>(blockIdx.z) * split_cols;
+  const int64_t c_end = m - c_begin < split_cols ? m : c_begin + split_cols;
+  acc_t* out = blockIdx.z == 0 ? d_a : split_ws + (static_cast<int64_t>(blockIdx.z) - 1) * n * d;
   const acc_t gi = i < n ? g_a[i] : acc_t(0), li = i < n ? lse_a[i] : acc_t(0);
   const int64_t pos_i = i < n ? mask.pos_row[i] : -1;
   acc_t d_scale = 0;
@@ -136,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // runs no iteration
   __syncthreads();
 
-  for (int64_t c0 = 0; c0 < m; c0 += kCols) {
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kCols) {
     Gemm::run(a, n, b, m, d, r0, c0, sm, tile);
     for (int q = 0; q < kCols / kThreadsPerRow; ++q) {
       const int c = q * kThreadsPerRow + p;
@@ -157,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int e = threadIdx.x; e < kRows * k_len; e += kThreads) {
     const int rr = static_cast<int>(e / k_len);
     const int64_t kk = e % k_len, row = r0 + rr;
-    if (row < n) d_a[row * d + k_begin + kk] = out_scale * acc[rr * ld + kk];
+    if (row < n) out[row * d + k_begin + kk] = out_scale * acc[rr * ld + kk];
   }
   if (want_d_scale) {
     d_scale = warp_sum(d_scale);
@@ -166,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (threadIdx.x == 0) {
       acc_t total = 0;
       for (int w = 0; w < kThreads / 32; ++w) total += warp_parts[w];
-      d_scale_parts[blockIdx.x] = total;
+      d_scale_parts[static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x] = total;
     }
   }
 }
@@ -218,7 +236,35 @@ int64_t col_parts(int64_t rows, int64_t cols) {
   return parts > 0 ? parts : 1;
 }
 
+int64_t grad_splits(int64_t rows, int64_t cols, int64_t d, int64_t acc_bytes) {
+  const int64_t row_blocks = (rows + kRows - 1) / kRows;
+  const int64_t tiles = (cols + kCols - 1) / kCols;
+  constexpr int64_t kMinTilesPerSplit = 4;
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 0;
+  // counted as one D chunk (D <= 768 in float): more chunks only mean more CTAs per split
+  if (row_blocks >= sms) return 1;  // at least a CTA per SM already: splits would only add partials
+  const int64_t wanted_ctas = 2 * static_cast<int64_t>(sms);
+  int64_t splits = (wanted_ctas + row_blocks - 1) / row_blocks;
+  if (splits > tiles / kMinTilesPerSplit) splits = tiles / kMinTilesPerSplit;
+  const int64_t part_bytes = rows * (d > 0 ? d : 1) * acc_bytes;
+  const int64_t budget = (int64_t(256) << 20) / (part_bytes > 0 ? part_bytes : 1) + 1;
+  if (splits > budget) splits = budget;
+  if (splits > 65535) splits = 65535;
+  if (splits < 1) return 1;
+  // equal whole-tile shares, every split non-empty
+  const int64_t per_split = (tiles + splits - 1) / splits;
+  return (tiles + per_split - 1) / per_split;
+}
+
 }  // namespace
+
+int64_t contrastive_grad_splits(Matrix a, Matrix b) {
+  const int64_t acc_bytes = a.dtype == DType::kFloat64 ? 8 : 4;
+  return grad_splits(a.rows, b.rows, a.cols, acc_bytes);
+}
 
 int64_t contrastive_col_parts(Matrix a, Matrix b) {
   switch (a.dtype) {
@@ -249,19 +295,30 @@ cudaError_t contrastive_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask
 
 cudaError_t contrastive_grad(Matrix a, Matrix b, const void* scale, const void* g_bound, MaskArgs mask,
                              const void* g_a, const void* lse_a, const void* g_b, const void* lse_b, void* d_a,
-                             void* d_scale_parts, cudaStream_t stream) {
+                             void* d_scale_parts, int64_t splits, void* split_ws, cudaStream_t stream) {
+  if (splits < 1 || splits > 65535 || (splits > 1 && split_ws == nullptr)) return cudaErrorInvalidValue;
   DCD_DISPATCH_DTYPE(a.dtype, {
     auto kernel = grad_kernel<in_t, acc_t>;
     int64_t dc = 0, chunks = 0;
     size_t dyn = 0;
     cudaError_t status = grad_config<acc_t>(kernel, a.cols, &dc, &chunks, &dyn);
     if (status != cudaSuccess) return status;
-    const dim3 grid(ceil_div(a.rows, kRows), static_cast<unsigned>(chunks));
+    const int64_t tiles = (b.rows + kCols - 1) / kCols;
+    const int64_t split_cols = splits > 1 ? (tiles + splits - 1) / splits * kCols : (tiles > 0 ? tiles : 1) * kCols;
+    if (splits > 1 && (splits - 1) * split_cols >= b.rows) return cudaErrorInvalidValue;  // an empty split
+    const dim3 grid(ceil_div(a.rows, kRows), static_cast<unsigned>(chunks), static_cast<unsigned>(splits));
     kernel<<<grid, kThreads, dyn, stream>>>(
         static_cast<const in_t*>(a.data), a.rows, static_cast<const in_t*>(b.data), b.rows, a.cols, dc,
         static_cast<const acc_t*>(scale), static_cast<const acc_t*>(g_bound), mask,
         static_cast<const acc_t*>(g_a), static_cast<const acc_t*>(lse_a), static_cast<const acc_t*>(g_b),
-        static_cast<const acc_t*>(lse_b), static_cast<acc_t*>(d_a), static_cast<acc_t*>(d_scale_parts));
+        static_cast<const acc_t*>(lse_b), static_cast<acc_t*>(d_a), static_cast<acc_t*>(d_scale_parts), split_cols,
+        static_cast<acc_t*>(split_ws));
+    status = cudaGetLastError();
+    if (status != cudaSuccess || splits == 1) return status;
+    const int64_t count = a.rows * a.cols;
+    if (count == 0) return cudaSuccess;
+    split_sum_kernel<acc_t><<<ceil_div(count, 256), 256, 0, stream>>>(
+        static_cast<acc_t*>(d_a), static_cast<const acc_t*>(split_ws), splits - 1, count);
     return cudaGetLastError();
   })
 }

@@ -3,6 +3,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "cuda/launchers.h"
@@ -111,16 +112,23 @@ std::tuple<at::Tensor, at::Tensor> contrastive_lse(const ContrastiveInputs& in) 
   auto opts = u.options().dtype(acc);
   auto row_lse = at::empty({u.size(0)}, opts);
   auto col_lse = at::empty({v.size(0)}, opts);
-  // per-CTA column (max, sum) slots of the one-pass forward (launchers.h: at most 512 x M, 256 MiB)
-  const int64_t parts = ck::contrastive_col_parts(matrix(u), matrix(v));
-  TORCH_CHECK(parts > 0, "dcd_ext CUDA kernel contrastive_loss: device query failed: ",
-              cudaGetErrorString(cudaGetLastError()));
-  auto workspace = at::empty({2 * parts * v.size(0)}, opts);
   const int64_t *ii = ptr_or_null(in.img_ids), *ti = ptr_or_null(in.txt_ids);
   const int64_t *pr = in.pos_row.data_ptr<int64_t>(), *pc = in.pos_col.data_ptr<int64_t>();
-  check_launch(ck::contrastive_lse(matrix(u), matrix(v), scale.data_ptr(), ck::MaskArgs{ii, ti, pr, pc},
-                                   row_lse.data_ptr(), col_lse.data_ptr(), workspace.data_ptr(), parts,
-                                   c10::cuda::getCurrentCUDAStream()),
+  // the kernel's CTAs walk row blocks of its first operand: with fewer images than texts it runs on the
+  // transposed problem (PairMask is symmetric under the swap), so the many texts fill the GPU and the
+  // per-CTA column slots hold the few images
+  const bool swap = u.size(0) < v.size(0);
+  const at::Tensor& a = swap ? v : u;
+  const at::Tensor& b = swap ? u : v;
+  const ck::MaskArgs mask = swap ? ck::MaskArgs{ti, ii, pc, pr} : ck::MaskArgs{ii, ti, pr, pc};
+  // per-CTA column (max, sum) slots of the one-pass forward (launchers.h: at most 512 x cols, 256 MiB)
+  const int64_t parts = ck::contrastive_col_parts(matrix(a), matrix(b));
+  TORCH_CHECK(parts > 0, "dcd_ext CUDA kernel contrastive_loss: device query failed: ",
+              cudaGetErrorString(cudaGetLastError()));
+  auto workspace = at::empty({2 * parts * b.size(0)}, opts);
+  check_launch(ck::contrastive_lse(matrix(a), matrix(b), scale.data_ptr(), mask,
+                                   (swap ? col_lse : row_lse).data_ptr(), (swap ? row_lse : col_lse).data_ptr(),
+                                   workspace.data_ptr(), parts, c10::cuda::getCurrentCUDAStream()),
                "contrastive_loss");
   return {row_lse, col_lse};
 }
@@ -135,8 +143,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const Contra
   auto opts = u.options().dtype(acc);
   // the kernels write every element of their d_* blocks
   auto d_img = at::empty({u.size(0), u.size(1)}, opts), d_txt = at::empty({v.size(0), v.size(1)}, opts);
+  // column splits where one side's rows are too few to fill the GPU (launchers.h), each direction its own
+  const int64_t row_splits = ck::contrastive_grad_splits(matrix(u), matrix(v));
+  const int64_t col_splits = ck::contrastive_grad_splits(matrix(v), matrix(u));
+  TORCH_CHECK(row_splits > 0 && col_splits > 0, "dcd_ext CUDA kernel contrastive_loss backward: device query failed: ",
+              cudaGetErrorString(cudaGetLastError()));
+  const int64_t ws_elems = std::max((row_splits - 1) * u.numel(), (col_splits - 1) * v.numel());
+  auto split_ws = ws_elems > 0 ? at::empty({ws_elems}, opts) : at::Tensor();
+  void* ws = ws_elems > 0 ? split_ws.data_ptr() : nullptr;
   const int64_t blocks = (u.size(0) + ck::kContrastiveRowsPerBlock - 1) / ck::kContrastiveRowsPerBlock;
-  auto d_scale_parts = at::empty({blocks}, opts);
+  auto d_scale_parts = at::empty({blocks * row_splits}, opts);
   // max |dS| <= max |g_row| + max |g_col|, on the device (no host read): the 16-bit tensor-core
   // products pre-scale dS by a power of two from it
   auto g_bound = (g_row.abs().max() + g_col.abs().max()).to(acc).reshape({1}).contiguous();
@@ -146,11 +162,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_lse_grad(const Contra
   check_launch(ck::contrastive_grad(matrix(u), matrix(v), scale.data_ptr(), g_bound.data_ptr(),
                                     ck::MaskArgs{ii, ti, pr, pc}, g_row.data_ptr(), lse_row.data_ptr(),
                                     g_col.data_ptr(), lse_col.data_ptr(), d_img.data_ptr(), d_scale_parts.data_ptr(),
-                                    stream),
+                                    row_splits, ws, stream),
                "contrastive_loss backward (rows)");
   check_launch(ck::contrastive_grad(matrix(v), matrix(u), scale.data_ptr(), g_bound.data_ptr(),
                                     ck::MaskArgs{ti, ii, pc, pr}, g_col.data_ptr(), lse_col.data_ptr(),
-                                    g_row.data_ptr(), lse_row.data_ptr(), d_txt.data_ptr(), nullptr, stream),
+                                    g_row.data_ptr(), lse_row.data_ptr(), d_txt.data_ptr(), nullptr, col_splits, ws,
+                                    stream),
                "contrastive_loss backward (columns)");
   return {d_img, d_txt, d_scale_parts.sum()};
 }

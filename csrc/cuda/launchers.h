@@ -57,15 +57,24 @@ int64_t contrastive_col_parts(Matrix a, Matrix b);
 cudaError_t contrastive_lse(Matrix a, Matrix b, const void* scale, MaskArgs mask, void* row_lse, void* col_lse,
                             void* workspace, int64_t parts, cudaStream_t stream);
 
+// Column splits of contrastive_grad for `a`'s rows against `b`'s: 1 when a has a 32-row block for every
+// SM; otherwise enough equal splits of b's 64-column tiles (at least 4 tiles each) for two CTAs per SM,
+// with at most 256 MiB of partial d_a. Depends on the shapes and the
+// device only (bitwise-identical reruns on a device); 0 when the device query fails.
+int64_t contrastive_grad_splits(Matrix a, Matrix b);
+
 // d_a[i] = scale * sum_j ds_ij b_j with ds_ij = g_a[i] (exp(s_ij - lse_a[i]) [row rule] - [j == pos_a[i]])
 //                                       + g_b[j] (exp(s_ij - lse_b[j]) [column rule] - [i == pos_b[j]]);
 // every element of d_a is written (no initialisation needed). g_bound (acc scalar on the device) must be
 // >= max |g_a| + max |g_b| (the bound of |ds|): the tensor-core path scales ds by a power of two from it
-// before rounding ds to the 16-bit input type, so float16 neither overflows nor underflows. When
-// d_scale_parts is non-null, d_scale_parts[block] = sum over the block's rows of ds_ij <a_i, b_j>.
+// before rounding ds to the 16-bit input type, so float16 neither overflows nor underflows. With splits
+// > 1 (contrastive_grad_splits) split s covers an equal share of b's column tiles; split 0 writes d_a,
+// the others (splits - 1) * a.rows * a.cols acc values of split_ws, added to d_a in split order. When
+// d_scale_parts is non-null, d_scale_parts[s * row_blocks + block] = sum over the block's rows and split
+// s's columns of ds_ij <a_i, b_j> (row_blocks = ceil(a.rows / kContrastiveRowsPerBlock)).
 cudaError_t contrastive_grad(Matrix a, Matrix b, const void* scale, const void* g_bound, MaskArgs mask,
                              const void* g_a, const void* lse_a, const void* g_b, const void* lse_b, void* d_a,
-                             void* d_scale_parts, cudaStream_t stream);
+                             void* d_scale_parts, int64_t splits, void* split_ws, cudaStream_t stream);
 
 struct DistillArgs {
   Matrix anchors, pool;
