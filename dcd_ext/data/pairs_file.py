@@ -141,7 +141,8 @@ def load_pairs_file(path: str, image_root: Optional[str] = None, split: Optional
         caption_image.append(index[file])
     if repeated:
         line, first = repeated[0]
-        print(f"warning: {path}: {len(repeated)} rows repeat an earlier (image, caption) row and are left out "
-              f"(e.g. line {line} repeats line {first})", file=sys.stderr)
+        rows = f"{len(repeated)} rows repeat" if len(repeated) > 1 else "1 row repeats"
+        print(f"warning: {path}: {rows} an earlier (image, caption) row and {'are' if len(repeated) > 1 else 'is'} "
+              f"left out (e.g. line {line} repeats line {first})", file=sys.stderr)
     stem = os.path.splitext(base)[0]
     return RetrievalSet(f"{stem}:{split}" if split else stem, images, captions, caption_image, names, origins)
