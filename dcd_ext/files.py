@@ -63,3 +63,15 @@ def write_text_atomically(path: str, text: str) -> str:
         with open(temp, "w", encoding="utf-8") as f:
             f.write(text)
     return write_atomically(path, write)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Refuse, before any long work, a file ``path`` that cannot be written: its nearest existing folder is
+    not a folder or not writable (the folders below it would be created). OSError names ``flag``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise OSError(f"{flag}: cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"{flag}: cannot write {path}: no permission to write in {folder}")

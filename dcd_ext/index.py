@@ -15,8 +15,9 @@ import torch
 
 from .cli import add_device_argument, make_parser, non_negative_int, positive_int, resolve_device, run_command_line
 from .existing_output import add_overwrite_argument, check_new_file
+from .files import check_writable
 from .serving.gallery import build_index, gallery_items
-from .serving.index_file import export_faiss, save_index
+from .serving.index_file import export_faiss, faiss_installed, save_index
 
 
 def build_parser():
@@ -46,6 +47,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_new_file(args.out, args.overwrite)  # before the gallery is embedded, not after
     check_new_file(args.export_faiss, args.overwrite, "export_faiss")
+    for path, flag in ((args.out, "out"), (args.export_faiss, "export_faiss")):
+        if path:
+            check_writable(path, flag)  # before the embedding pass, like everything below that can be checked
+    if args.export_faiss and not faiss_installed(args.export_faiss):
+        args.export_faiss = None
     names, sources, origins = gallery_items(args.data, args.images, args.split, args.modality)
     if args.modality == "text":
         from .students import load_student

@@ -21,6 +21,7 @@ from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_
                   run_command_line)
 from .files import write_text_atomically
 from .serving.index_file import load_index
+from .serving.shards import merge_indexes
 from .serving.query import (check_index_fits, check_queries, check_student_fits, format_results, read_query_file,
                             search_index)
 
@@ -31,7 +32,9 @@ def warn(message: str) -> None:
 
 def build_parser():
     p = make_parser("python -m dcd_ext.search", __doc__.split("\n\n")[0])
-    p.add_argument("--index", required=True, help="index file written by python -m dcd_ext.index")
+    p.add_argument("--index", required=True, action="append",
+                   help="index file written by python -m dcd_ext.index; repeat it to search the shards of one "
+                        "gallery (built with distinct --id-offset) together")
     p.add_argument("--student", help="student folder (default: the one recorded in the index)")
     p.add_argument("--allow-student-mismatch", action="store_true",
                    help="search even if the student is not the one that built the index (its fingerprint of "
@@ -74,7 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.teacher and depth < 1:
         raise ValueError(f"rerank_depth: must be at least 1; got {depth}")
 
-    index = load_index(args.index)
+    index_paths = args.index
+    index = merge_indexes([load_index(path) for path in index_paths], index_paths)
+    args.index = " + ".join(index_paths)  # how messages name the index
     check_index_fits(index, args.index, modality)
     student_dir = args.student or index.student
     if not student_dir:
@@ -100,7 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json is None:
         print(format_results(queries, results))
         return 0
-    doc = {"index": os.path.abspath(args.index), "student": os.path.abspath(student_dir), "query_modality": modality,
+    paths = [os.path.abspath(p) for p in index_paths]
+    doc = {"index": paths[0] if len(paths) == 1 else paths, "student": os.path.abspath(student_dir),
+           "query_modality": modality,
            "k": args.k, "rerank_depth": depth if teacher else 0,
            "queries": [{"query": q, "results": r} for q, r in zip(queries, results)]}
     text = json.dumps(doc, indent=1)

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from dcd_ext import index as index_cli
 from dcd_ext import ops, search as search_cli, speed as speed_cli
 from dcd_ext.data import make_synthetic_split, vocabulary
+from dcd_ext.serving.index_file import load_index
 from dcd_ext.students import build_small_student, load_student, save_student
 
 NUM_IMAGES, ID_OFFSET = 8, 100
@@ -92,9 +93,9 @@ def test_index_file_holds_ids_embeddings_and_metadata(gallery):
     assert embeddings.dtype == torch.float32 and embeddings.shape == (NUM_IMAGES, 32)
     torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
     assert meta["modality"] == "image" and meta["student"] == os.path.abspath(gallery["student_dir"])
-    items = json.loads(meta["items"])
-    assert [it["name"] for it in items] == [f"scene_{i}.png" for i in range(NUM_IMAGES)]
-    assert [it["source"] for it in items] == gallery["paths"]
+    index = load_index(gallery["image_index"])
+    assert index.names == [f"scene_{i}.png" for i in range(NUM_IMAGES)]
+    assert index.sources == gallery["paths"]
     assert not [n for n in os.listdir(gallery["root"]) if n.endswith(".tmp")]
 
 
@@ -244,7 +245,7 @@ def test_index_records_the_fingerprint_of_its_student(gallery):
     from dcd_ext.students import student_fingerprint
     with safe_open(gallery["image_index"], framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "dcd_ext.gallery/2"
+    assert meta["format"] == "dcd_ext.gallery/3"
     assert meta["student_fingerprint"] == student_fingerprint(load_student(gallery["student_dir"]))
     other = load_student(other_student_of_the_same_width(gallery["root"] / "fp_other"))
     assert student_fingerprint(other) != meta["student_fingerprint"]
@@ -278,9 +279,11 @@ def test_search_refuses_a_student_folder_retrained_in_place(gallery, tmp_path):
 def test_a_format_1_index_still_searches_with_a_warning(gallery, tmp_path, capsys):
     from safetensors.torch import save_file
     with safe_open(gallery["image_index"], framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in ("embeddings", "ids")}
+    index = load_index(gallery["image_index"])
     old = {k: v for k, v in meta.items() if k != "student_fingerprint"}
-    old["format"] = "dcd_ext.gallery/1"
+    old["format"] = "dcd_ext.gallery/1"  # items as JSON in the header, no fingerprint
+    old["items"] = json.dumps([{"name": n, "source": s} for n, s in zip(index.names, index.sources)])
     path = str(tmp_path / "old.idx")
     save_file(tensors, path, metadata=old)
     doc = run_search(["--index", path, "--text", gallery["captions"][5], "--k", "1"], tmp_path)
@@ -364,3 +367,23 @@ def test_speed_times_your_own_student_and_teacher_on_your_gallery(gallery, tmp_p
     assert f"your vilt teacher {teacher_dir} + small student {gallery['student_dir']}" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--student and --teacher go together"):
         speed_cli.main(["--student", gallery["student_dir"]])
+
+
+def test_shards_built_with_id_offset_search_together_like_one_index(gallery, tmp_path):
+    """Issue 22 item 7: two shards of the gallery, ``--index`` repeated, answer as the one-file index does."""
+    folder = os.path.dirname(gallery["paths"][0])
+    shards = []
+    for n, (first, last) in enumerate(((0, 5), (5, NUM_IMAGES))):
+        data = tmp_path / f"shard{n}.csv"
+        data.write_text("image,caption\n" + "".join(f"{p},x\n" for p in gallery["paths"][first:last]))
+        shards.append(str(tmp_path / f"shard{n}.idx"))
+        index_cli.main(["--student", gallery["student_dir"], "--data", str(data), "--images", folder,
+                        "--out", shards[-1], "--id-offset", str(ID_OFFSET + first), "--device", "cpu", "--no-progress"])
+    query = ["--text", gallery["captions"][6], "--text", gallery["captions"][2], "--k", "5"]
+    together = run_search(["--index", shards[0], "--index", shards[1]] + query, tmp_path)
+    single = run_search(["--index", gallery["image_index"]] + query, tmp_path)
+    assert together["index"] == [os.path.abspath(p) for p in shards]
+    for a, b in zip(together["queries"], single["queries"]):
+        assert [h["id"] for h in a["results"]] == [h["id"] for h in b["results"]]
+        torch.testing.assert_close(torch.tensor([h["score"] for h in a["results"]]),
+                                   torch.tensor([h["score"] for h in b["results"]]), atol=1e-5, rtol=0)
