@@ -1,7 +1,8 @@
 """``python -m dcd_ext.train``: the built-in demo, or DCD / contrastive training on your data.
 
 A run starts in two phases. First everything it needs is loaded and checked (data, image files, teacher,
-student, the checkpoint a resume continues from) without writing anything; only then is the run folder made
+student and one forward pass of it on one training example, the checkpoint a resume continues from) without
+writing anything; only then is the run folder made
 (or, for a resume, written to). A run that fails to start leaves no folder behind; one that fails later
 keeps the traceback in its log.txt and says ``failed`` in status.json.
 """
@@ -28,6 +29,7 @@ from ..text_coverage import coverage_warnings
 from .checkpoint import check_checkpoint_fits, latest_checkpoint, read_meta
 from .components import (build_student_from_args, load_data_from_args, make_loss, screen_images,
                          settings_from_args, skipped_images_text)
+from .dry_run import check_student_reads_an_example
 from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, check_layout, train_student
 from .params import parse_args
@@ -64,6 +66,7 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
     torch.manual_seed(args.seed)
     name = run_name(args) if is_fusion_run(args) else f"student_{args.loss}"
     student = build_student_from_args(args, train, teacher)
+    check_student_reads_an_example(student, train, args.student)
     loss_fn = make_loss(args, teacher, world.rank)
     settings = settings_from_args(args, device)
     check_layout(settings, world)
