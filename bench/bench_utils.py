@@ -16,6 +16,11 @@ def unit_rows(n: int, d: int, seed: int, dtype=torch.float32, device="cpu") -> t
     return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
 
 
+def onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T through torch's oneDNN linear (the fastest GEMM torch ships for these CPUs), in a's dtype."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
 def run(benchmark, fn, rounds: int = 3):
     """Times fn with a warm-up call; few rounds because the large cases take seconds each."""
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)

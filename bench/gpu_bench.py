@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from capabilities import missing
 from dcd_ext import ops, reference
 
 
@@ -201,6 +202,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run of this script)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
+    reason = missing("gpu")
+    if reason:
+        print(f"gpu_bench: {reason}", file=sys.stderr)
+        return 2
     t = Table(args.repeats)
     d, k = 256, 16
     big, search_keys, losses = (4096, 100_000, [1024, 4096]) if args.quick else (65536, 1_000_000, [8192, 65536])

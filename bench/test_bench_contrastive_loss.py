@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench_utils import peak_extra_mib, run, unit_rows
+from bench_utils import onednn_product, peak_extra_mib, run, unit_rows
+from capabilities import require
 from dcd_ext import ops, reference
 
 FULL = [(4096, "float32"), (8192, "float32"), (8192, "bfloat16")]
@@ -17,8 +18,6 @@ IMPLS = ["dcd_ext", "onednn_4gemm", "naive", "open_clip"]
 
 def four_products(img: torch.Tensor, txt: torch.Tensor):
     """S = img txt^T (forward), S again (backward recompute), dS txt and dS^T img: four GEMM-equivalents."""
-    from test_bench_similarity_topk import onednn_product
-
     def run():
         s = onednn_product(img, txt)
         onednn_product(img, txt)
@@ -58,11 +57,11 @@ def test_contrastive_loss_fwd_bwd(benchmark, full_sizes, impl, case):
     sizes = FULL if full_sizes else SMOKE
     if case >= len(sizes):
         pytest.skip("smoke run uses fewer sizes")
-    if impl == "open_clip":
-        pytest.importorskip("open_clip")
     b, dtype = sizes[case]
-    if impl == "onednn_4gemm" and not torch.backends.mkldnn.is_available():
-        pytest.skip("torch has no oneDNN")
+    if impl == "open_clip":
+        require("open_clip")
+    if impl == "onednn_4gemm":
+        require(f"onednn_{dtype}")
     benchmark.group = f"contrastive_loss fwd+bwd B={b} D={DIM} {dtype}"
     out = run(benchmark, setup_call(impl, b, DIM, dtype))
     if impl != "onednn_4gemm":

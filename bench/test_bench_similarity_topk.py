@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench_utils import peak_extra_mib, run, unit_rows
+from bench_utils import onednn_product, peak_extra_mib, run, unit_rows
+from capabilities import require
 from dcd_ext import ops
 
 FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (8192, 16, "float32"), (16384, 16, "float32"),
@@ -15,11 +16,6 @@ FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (8192, 16, "float32"), (1
 SMOKE = [(512, 16, "float32"), (512, 16, "bfloat16"), (512, 16, "float16")]
 DIM = 256
 IMPLS = ["dcd_ext", "onednn_gemm", "matmul_topk", "faiss"]
-
-
-def onednn_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b.T through torch's oneDNN linear (the fastest GEMM torch ships for these CPUs), in a's dtype."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
 def setup_call(impl: str, n: int, d: int, k: int, dtype: str):
@@ -51,12 +47,12 @@ def test_similarity_topk(benchmark, full_sizes, impl, case):
     if case >= len(sizes):
         pytest.skip("smoke run uses fewer sizes")
     n, k, dtype = sizes[case]
-    if impl == "onednn_gemm" and not torch.backends.mkldnn.is_available():
-        pytest.skip("torch has no oneDNN")
+    if impl == "onednn_gemm":
+        require(f"onednn_{dtype}")
     if impl == "faiss":
-        pytest.importorskip("faiss")
         if dtype != "float32":
             pytest.skip("faiss IndexFlatIP searches float32 only")
+        require("faiss")
     benchmark.group = f"similarity_topk N=M={n} D={DIM} k={k} {dtype}"
     fn = setup_call(impl, n, DIM, k, dtype)
     result = run(benchmark, fn)

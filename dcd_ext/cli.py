@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .cuda_status import cuda_available, cuda_status, note_cuda_unavailable
 from .distributed import SINGLE, World
 from .teachers import TEACHER_KINDS
 
@@ -70,22 +71,28 @@ def add_device_argument(parser) -> None:
 
 def resolve_device(spec: str, world: World = SINGLE) -> torch.device:
     """The device a ``--device`` value names. In a multi-process run each process takes its own GPU
-    (cuda:LOCAL_RANK), so there ``cuda`` may not name one."""
+    (cuda:LOCAL_RANK), so there ``cuda`` may not name one. ``auto`` on a host whose driver cannot run this
+    torch's CUDA says why, once, on stderr (see :mod:`dcd_ext.cuda_status`). Commands call it after checking
+    their arguments and files, so that a user's mistake is reported before anything asks for CUDA."""
     if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
+        spec = "cuda" if cuda_available() else "cpu"
+        if spec == "cpu":
+            note_cuda_unavailable()
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise ValueError(f"device: not a device name: {spec!r} (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {spec} was asked for but CUDA is not available")
+    if device.type == "cuda" and not cuda_available():
+        reason = cuda_status().reason
+        raise ValueError(f"device: {spec} was asked for but CUDA is not available"
+                         + (f": {reason}" if reason else ""))
     if device.type != "cuda" or not world.distributed:
         return device
     if device.index is not None:
         raise ValueError(f"device: {spec} names one GPU, but torchrun gives each process its own "
                          "(cuda:LOCAL_RANK); pass --device cuda")
-    if world.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"device: LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} GPUs")
+    if world.local_rank >= cuda_status().device_count:
+        raise ValueError(f"device: LOCAL_RANK {world.local_rank} but only {cuda_status().device_count} GPUs")
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)
 
@@ -160,6 +167,20 @@ def teacher_kind(path: str, kind: str = "auto") -> str:
     what = f"a {os.path.splitext(path)[1]} file" if os.path.splitext(path)[1] else "a file"
     raise ValueError(f"teacher: {path} is {what} that is not a checkpoint (neither a zip nor a pickle); "
                      + TEACHER_CONTENTS + "; pass --teacher-kind to force one")
+
+
+def check_teacher_argument(args: argparse.Namespace) -> None:
+    """A missing or unrecognisable --teacher fails as loading it would, but before the device is resolved."""
+    if getattr(args, "teacher", None):
+        if not os.path.exists(args.teacher):
+            raise FileNotFoundError(f"teacher: not found: {args.teacher}")
+        teacher_kind(args.teacher, args.teacher_kind)
+
+
+def check_folder_exists(path: str, what: str = "student") -> None:
+    """A model folder argument that names nothing fails before the device is resolved."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what}: no such folder: {path}")
 
 
 def load_teacher_from_args(args: argparse.Namespace, device: torch.device, **options):

@@ -15,8 +15,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser,
-                  non_negative_int, positive_int, resolve_device, run_command_line)
+from .cli import (add_device_argument, add_teacher_arguments, check_folder_exists, check_teacher_argument,
+                  load_teacher_from_args, make_parser, non_negative_int, positive_int, resolve_device,
+                  run_command_line)
 from .retrieval.evaluation import evaluate_student, evaluate_student_and_rerank, evaluate_teacher
 from .retrieval.metrics import format_table
 
@@ -126,8 +127,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.student:
         student_dir, what = pick_student(args.student, args.pick)
         print(f"student: {student_dir} ({what})")
-    device = resolve_device(args.device)
     split = load_split(args.data, args.images, args.split, args.max_captions, all_rows_without_split_column=True)
+    check_teacher_argument(args)
+    if args.fusion:
+        check_folder_exists(args.fusion, "fusion")
+    device = resolve_device(args.device)
     teacher = load_teacher_from_args(args, device) if args.teacher else None
     results: dict[str, dict] = {}
     student = None

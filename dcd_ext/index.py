@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .cli import add_device_argument, make_parser, non_negative_int, positive_int, resolve_device, run_command_line
+from .cli import (add_device_argument, check_folder_exists, make_parser, non_negative_int, positive_int, resolve_device,
+                  run_command_line)
 from .existing_output import add_overwrite_argument, check_new_file
 from .files import check_writable
 from .serving.gallery import build_index, gallery_items
@@ -53,13 +54,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.export_faiss and not faiss_installed(args.export_faiss):
         args.export_faiss = None
     names, sources, origins = gallery_items(args.data, args.images, args.split, args.modality)
+    check_folder_exists(args.student)
     if args.modality == "text":
         from .students import load_student
         from .text_coverage import coverage_warnings
 
         for message in coverage_warnings(sources, load_student(args.student)):
             print(f"warning: {message}", file=sys.stderr)
-    index = build_index(args.student, names, sources, args.modality, args.batch_size, resolve_device(args.device),
+    device = resolve_device(args.device)
+    index = build_index(args.student, names, sources, args.modality, args.batch_size, device,
                         getattr(torch, args.dtype), args.id_offset, not args.no_progress, origins)
     save_index(index, args.out)
     print(f"wrote {args.out}: {len(index)} {args.modality} embeddings of width {index.embed_dim} "

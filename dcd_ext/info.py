@@ -12,6 +12,7 @@ import torch
 
 import dcd_ext
 from dcd_ext._loader import compiled_library
+from dcd_ext.cuda_status import cuda_status
 
 
 def cpu_model() -> str:
@@ -49,8 +50,10 @@ def collect() -> dict:
         info["cpu_gemm"] = torch.ops.dcd_ext.cpu_gemm_report()
     except ImportError as exc:
         info.update(ops_loaded=False, error=str(exc))
-    # Asking for the device count is cheap and does not create a CUDA context.
-    info["cuda_devices"] = torch.cuda.device_count() if torch.version.cuda else 0
+    # Asking for devices is cheap and creates no CUDA context; torch's driver warnings become cuda_status.
+    status = cuda_status()
+    info["cuda_devices"] = status.device_count
+    info["cuda_status"] = status.summary
     return info
 
 

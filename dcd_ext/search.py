@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import (add_device_argument, add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device,
-                  run_command_line)
+from .cli import (add_device_argument, add_teacher_arguments, check_folder_exists, check_teacher_argument,
+                  load_teacher_from_args, make_parser, resolve_device, run_command_line)
 from .files import write_text_atomically
 from .serving.index_file import load_index
 from .serving.shards import merge_indexes
@@ -84,6 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     student_dir = args.student or index.student
     if not student_dir:
         raise ValueError(f"student: the index {args.index} records no student; give --student")
+    check_folder_exists(student_dir)
+    check_teacher_argument(args)
     device = resolve_device(args.device)
     student = load_student(student_dir, device)
     note = check_student_fits(index, args.index, student, student_dir, args.allow_student_mismatch)

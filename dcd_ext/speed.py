@@ -34,8 +34,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from .cli import (add_teacher_arguments, load_teacher_from_args, make_parser, resolve_device, run_command_line,
-                  teacher_kind)
+from .cli import (add_teacher_arguments, check_folder_exists, check_teacher_argument, load_teacher_from_args,
+                  make_parser, resolve_device, run_command_line, teacher_kind)
 from .files import write_text_atomically
 from .serving.fusion_speed import add_fusion_speed_arguments, fusion_markdown, fusion_report, fusion_row
 
@@ -324,6 +324,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"threads: must be 0 (default) or positive; got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if own:
+        check_folder_exists(args.student)
+        check_teacher_argument(args)
     device = resolve_device(args.device)
     from .retrieval.cascade import parse_depths
     cascade_depths = parse_depths(args.cascade_k)

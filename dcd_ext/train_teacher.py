@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from .cli import (add_device_argument, add_hidden_alias, add_precision_argument, add_teacher_arguments,
-                  load_teacher_from_args, make_parser, positive_int, resolve_device, run_command_line,
-                  teacher_kind)
+                  check_teacher_argument, load_teacher_from_args, make_parser, positive_int, resolve_device,
+                  run_command_line, teacher_kind)
 from .data import load_split
 from .existing_output import add_overwrite_argument, check_new_folder, replace_folder
 from .files import write_text_atomically
@@ -69,13 +69,13 @@ def is_teacher_output(path: str) -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = resolve_device(args.device)
+    check_teacher_argument(args)
     kind = teacher_kind(args.teacher, args.teacher_kind)
-    torch.manual_seed(args.seed)  # dropout
-
     replaces = check_new_folder(args.out, args.overwrite, "teacher folder", is_teacher_output)
     table = load_split(args.data, args.images, args.split, all_rows_without_split_column=True)
     images = table.load_images(range(table.num_images))
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)  # dropout
     teacher = load_teacher_from_args(args, device, bf16=args.precision == "bf16")
     lr = args.lr if args.lr is not None else DEFAULT_LR[kind]
     losses = finetune_teacher(

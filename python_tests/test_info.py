@@ -31,6 +31,7 @@ def test_info_command_reports_the_build():
     assert info["ops_loaded"] is True
     assert "bfloat16: " in info["cpu_gemm"] and "cpu features: " in info["cpu_gemm"]
     assert isinstance(info["cuda_kernels"], bool)
+    assert info["cuda_status"].startswith("available" if info["cuda_devices"] else "unavailable: ")
     if info["cuda_kernels"]:
         assert info["cuda_archs"]
 

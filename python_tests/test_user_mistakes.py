@@ -224,8 +224,9 @@ def test_a_run_that_fails_to_start_leaves_no_folder_and_prints_one_line(tmp_path
                            "contrastive", "--out", str(out)], cwd=str(tmp_path), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.splitlines()[-1] == f"error: pairs file not found: {tmp_path / 'missing.csv'}"
-    assert "Traceback" not in done.stderr and not out.exists()
+    # the data is checked before the device is resolved and the log starts: one line whatever the host's driver says
+    assert done.stderr == f"error: pairs file not found: {tmp_path / 'missing.csv'}\n"
+    assert not out.exists()
 
 
 # ---- item 8: metrics rows are window means; a resumed epoch's summary covers the whole epoch ------------------

@@ -12,9 +12,26 @@ from .retrieval_set import (EmptySplitError, RetrievalSet, check_image_files, de
                             find_unreadable_images, without_images)
 from .synthetic import make_synthetic_split, vocabulary
 
-__all__ = ["Batch", "BatchCollator", "EmptySplitError", "RetrievalSet", "check_image_files", "describe_bad_images",
-           "find_unreadable_images", "load_karpathy", "load_pairs_file", "load_split", "make_synthetic_split",
-           "make_train_loader", "steps_per_epoch", "vocabulary", "without_images"]
+__all__ = ["Batch", "BatchCollator", "EmptySplitError", "RetrievalSet", "check_data_file", "check_image_files",
+           "describe_bad_images", "find_unreadable_images", "load_karpathy", "load_pairs_file", "load_split",
+           "make_synthetic_split", "make_train_loader", "steps_per_epoch", "vocabulary", "without_images"]
+
+
+def check_data_file(data: str, images: Optional[str]) -> str:
+    """What :func:`load_split` checks before reading ``data``: a Karpathy split file (``"karpathy"``, with
+    ``images``) or a pair table (``"pairs"``) that exists. Commands call it before they resolve the device."""
+    ext = os.path.splitext(data)[1].lower()
+    if ext == ".json":
+        if images is None:
+            raise ValueError(f"images: a Karpathy split file ({data}) needs the image root folder")
+        if not os.path.isfile(data):
+            raise FileNotFoundError(f"Karpathy split file not found: {data}")
+        return "karpathy"
+    if ext in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        if not os.path.isfile(data):
+            raise FileNotFoundError(f"pairs file not found: {data}")
+        return "pairs"
+    raise ValueError(f"data: expected a Karpathy .json or a .csv/.tsv/.jsonl pair table; got {data}")
 
 
 def load_split(data: str, images: Optional[str], split: str, max_captions_per_image: Optional[int] = None,
@@ -24,15 +41,10 @@ def load_split(data: str, images: Optional[str], split: str, max_captions_per_im
     then required), ``.csv``/``.tsv``/``.jsonl`` a pair table whose ``split`` column selects rows (see
     :func:`load_pairs_file` for tables without one).
     """
-    ext = os.path.splitext(data)[1].lower()
-    if ext == ".json":
-        if images is None:
-            raise ValueError(f"images: a Karpathy split file ({data}) needs the image root folder")
+    if check_data_file(data, images) == "karpathy":
         out = load_karpathy(data, images, split, max_captions_per_image)
-    elif ext in (".csv", ".tsv", ".jsonl", ".ndjson"):
-        out = load_pairs_file(data, images, split, image_key, caption_key, all_rows_without_split_column)
     else:
-        raise ValueError(f"data: expected a Karpathy .json or a .csv/.tsv/.jsonl pair table; got {data}")
+        out = load_pairs_file(data, images, split, image_key, caption_key, all_rows_without_split_column)
     if check_files:
         check_image_files(out)
     return out

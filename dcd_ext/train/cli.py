@@ -27,8 +27,8 @@ from ..retrieval.metrics import format_table
 from ..students import load_student, save_student
 from ..text_coverage import coverage_warnings
 from .checkpoint import check_checkpoint_fits, latest_checkpoint, read_meta
-from .components import (build_student_from_args, load_data_from_args, make_loss, screen_images,
-                         settings_from_args, skipped_images_text)
+from .components import (build_student_from_args, check_input_files, load_data_from_args, make_loss,
+                         screen_images, settings_from_args, skipped_images_text)
 from .dry_run import check_student_reads_an_example
 from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, check_layout, train_student
@@ -138,6 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if world.distributed and args.demo:
         raise ValueError("python -m dcd_ext.train: the built-in demo runs in one process; "
                          "under torchrun pass --data (and --teacher for DCD)")
+    check_input_files(args)
     replaces = not args.resume and check_new_run_folder(args.out, args.overwrite)
     device = resolve_device(args.device, world)
     if args.threads:

@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from ..cli import teacher_kind
-from ..data import EmptySplitError, RetrievalSet, load_split, without_images
+from ..cli import check_teacher_argument, teacher_kind
+from ..data import EmptySplitError, RetrievalSet, check_data_file, load_split, without_images
 from ..data.images import find_bad_images
 from ..losses import ContrastiveLoss, DCDLoss
 from ..students import (DualEncoder, build_meter_student, build_small_student, build_vilt_student,
@@ -22,6 +22,26 @@ from .loop import TrainSettings
 from .run_dir import get_logger
 
 OPEN_CLIP_PREFIX = "open_clip:"
+STUDENT_NAMES = ("small", "teacher", "fusion")
+
+
+def student_spec_error(spec: str) -> ValueError:
+    return ValueError(f"student: expected 'small', 'teacher', 'fusion', a saved student folder, a CLIP or SigLIP "
+                      f"folder or {OPEN_CLIP_PREFIX}ARCH; got {spec!r}")
+
+
+def check_input_files(args: argparse.Namespace) -> None:
+    """The files the flags name (data tables, the teacher, a student folder), checked without reading them,
+    before the device is resolved: a mistake is reported before anything asks for CUDA."""
+    if args.demo:
+        return
+    for data in (args.data, args.eval_data):
+        if data:
+            check_data_file(data, args.images)
+    check_teacher_argument(args)
+    spec = args.student
+    if spec and spec not in STUDENT_NAMES and not spec.startswith(OPEN_CLIP_PREFIX) and not os.path.isdir(spec):
+        raise student_spec_error(spec)
 
 
 def optional_split(data: str, images: Optional[str], split: str, max_captions: int,
@@ -124,8 +144,7 @@ def build_student_from_args(args: argparse.Namespace, train: RetrievalSet, teach
         return build_meter_student(args.teacher, tokenizer, embed_dim=args.embed_dim)
     if os.path.isdir(spec) and is_student_folder(spec):
         return load_student(spec).train()
-    raise ValueError(f"student: expected 'small', 'teacher', 'fusion', a saved student folder, a CLIP or SigLIP "
-                     f"folder or {OPEN_CLIP_PREFIX}ARCH; got {spec!r}")
+    raise student_spec_error(spec)
 
 
 def make_loss(args: argparse.Namespace, teacher, rank: int = 0) -> torch.nn.Module:
