@@ -15,6 +15,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -148,22 +149,31 @@ def inf_cl_loss():
     return loss
 
 
-def contrastive_group(t: Table, b: int, d: int, naive: bool):
-    group = f"contrastive_loss fwd+bwd B={b} D={d} bf16"
+def contrastive_group(t: Table, b: int, d: int, naive: bool, cols: Optional[int] = None):
+    """B x B, or B rows against `cols` columns (one data-parallel rank's rows against the gathered batch:
+    row i's positive is column i, the other columns have none)."""
+    cols = cols or b
+    shape = f"B={b}" if cols == b else f"{b} x {cols}"
+    group = f"contrastive_loss fwd+bwd {shape} D={d} bf16"
     img = unit_rows(b, d, 2).requires_grad_()
-    txt = unit_rows(b, d, 3).requires_grad_()
+    txt = unit_rows(cols, d, 3).requires_grad_()
     scale = torch.tensor(1 / 0.07, device="cuda", requires_grad=True)
+    positions = {}
+    if cols != b:
+        col = torch.arange(cols, device="cuda")
+        positions = dict(pos_row=torch.arange(b, device="cuda"),
+                         pos_col=torch.where(col < b, col, torch.full_like(col, -1)))
 
     def step(fn):
         def run():
             img.grad = txt.grad = scale.grad = None
-            fn(img, txt, scale).backward()
+            fn(img, txt, scale, **positions).backward()
         return run
 
     def outputs(fn, impl="fused"):
         with implementation(impl):
             img.grad = txt.grad = scale.grad = None
-            loss = fn(img, txt, scale)
+            loss = fn(img, txt, scale, **positions)
             loss.backward()
             return [loss.detach(), img.grad.clone(), txt.grad.clone(), scale.grad.clone()]
 
@@ -175,8 +185,10 @@ def contrastive_group(t: Table, b: int, d: int, naive: bool):
         t.record(group, "naive autograd (reference.contrastive_loss)", step(reference.contrastive_loss))
     else:
         t.note(group, "naive autograd", "skipped: holds several B x B float32 matrices")
-    peer = inf_cl_loss()
-    if peer is None:
+    peer = inf_cl_loss() if cols == b else None
+    if cols != b:
+        t.note(group, "Inf-CL (inf_cl.cal_inf_loss)", "skipped: square batches only")
+    elif peer is None:
         t.note(group, "Inf-CL (inf_cl.cal_inf_loss)", "not installed (bench/wheels/README.md)")
     else:
         t.record(group, "Inf-CL (inf_cl.cal_inf_loss)", step(peer))
@@ -214,6 +226,8 @@ def main(argv=None) -> int:
     topk_group(t, 16, search_keys, d, 1000, search=True)  # re-ranking depth: the warp-merged lists (P6)
     for b in losses:
         contrastive_group(t, b, d, naive=b <= 8192)
+    for rows, cols in ([(64, 4096)] if args.quick else [(256, 65536), (512, 32768)]):  # few rows x many columns
+        contrastive_group(t, rows, d, naive=True, cols=cols)
 
     table = t.markdown()
     print("\n" + table)

@@ -29,7 +29,7 @@ def test_info_command_reports_the_build():
     assert info["dcd_ext"] == dcd_ext.__version__
     assert info["built_against_torch"] == torch.__version__
     assert info["ops_loaded"] is True
-    assert "bfloat16: " in info["cpu_gemm"] and "cpu features: " in info["cpu_gemm"]
+    assert "bfloat16: " in info["cpu_gemm"] and "; features: " in info["cpu_gemm"] and "float32: " in info["cpu_gemm"]
     assert isinstance(info["cuda_kernels"], bool)
     assert info["cuda_status"].startswith("available" if info["cuda_devices"] else "unavailable: ")
     if info["cuda_kernels"]:
