@@ -14,6 +14,7 @@ import torch
 
 from .cuda_status import cuda_available, cuda_status, note_cuda_unavailable
 from .distributed import SINGLE, World
+from .missing_package import MissingPackageError
 from .teachers import TEACHER_KINDS
 
 
@@ -202,8 +203,9 @@ def add_precision_argument(parser, choices=("fp32", "bf16", "fp16"), what: str =
 
 
 # what a command reports as one line ``error: ...`` rather than a traceback: bad arguments, files that are
-# missing or unreadable, a diverged loss. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# missing or unreadable, a diverged loss, an optional package a folder needs. Anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, MissingPackageError)
 TRACEBACK_VARIABLE = "DCD_TRACEBACK"
 
 

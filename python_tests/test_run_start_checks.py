@@ -27,3 +27,50 @@ def test_a_clip_folder_whose_processor_makes_other_sized_images_fails_before_the
         main(["--data", table, "--student", str(clip), "--loss", "contrastive", "--epochs", "1", "--batch-size", "8",
               "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     assert not os.path.exists(tmp_path / "run")
+
+
+def sentencepiece_siglip_folder(tmp_path):
+    """A SigLIP 1 style folder: the tokenizer is a sentencepiece ``spiece.model`` (no tokenizer.json)."""
+    from dcd_ext.students.tiny_pretrained import build_tiny_siglip
+
+    folder = build_tiny_siglip(tmp_path / "siglip", seed=2)
+    (folder / "tokenizer.json").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "SiglipTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "spiece.model").write_bytes(b"\x0a\x00")  # never read: the package that reads it is missing
+    return folder
+
+
+def without_sentencepiece(monkeypatch):
+    """sentencepiece not installed: as it is, or simulated with the error transformers raises then."""
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is None:
+        return
+    import transformers
+
+    def from_pretrained(*args, **kwargs):
+        raise ImportError("\nSiglipTokenizer requires the SentencePiece library but it was not found in your "
+                          "environment. Check out the instructions on the\ninstallation page of its repo: ...\n")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", from_pretrained)
+
+
+def test_a_sentencepiece_siglip_folder_without_sentencepiece_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from dcd_ext.cli import run_command_line
+
+    folder = sentencepiece_siglip_folder(tmp_path)
+    without_sentencepiece(monkeypatch)
+    monkeypatch.delenv("DCD_TRACEBACK", raising=False)
+    table = write_table(str(tmp_path))
+    code = run_command_line(main, ["--data", table, "--student", str(folder), "--loss", "contrastive", "--epochs", "1",
+                                   "--batch-size", "8", "--out", str(tmp_path / "run"), "--no-progress",
+                                   "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == (f"error: student: the tokenizer of {folder} is a sentencepiece model (spiece.model), and the "
+                       "sentencepiece package is not installed: pip install sentencepiece (SigLIP 2 folders ship a "
+                       "tokenizer.json and need no extra package)")
+    assert "Traceback" not in "\n".join(err)
+    assert not os.path.exists(tmp_path / "run")

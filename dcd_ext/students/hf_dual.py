@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..hf_folders import folder_model_type, save_processor_files
+from ..missing_package import MissingPackageError, first_line
 from .dual_encoder import MAX_LOGIT_SCALE, DualEncoder, StudentConfig
 from .tokenizer import HFTokenizer
 
@@ -92,9 +93,12 @@ def _load_processor(folder: Path, kind: str):
     try:
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
     except ImportError as exc:
-        raise ImportError(f"student: cannot load the tokenizer of {folder}: {exc} (SigLIP folders with "
-                          "spiece.model need the sentencepiece package; SigLIP 2 folders ship a tokenizer.json)") \
-            from exc
+        if "sentencepiece" in str(exc).lower():
+            raise MissingPackageError(
+                f"student: the tokenizer of {folder} is a sentencepiece model (spiece.model), and the sentencepiece "
+                "package is not installed: pip install sentencepiece (SigLIP 2 folders ship a tokenizer.json and "
+                "need no extra package)") from exc
+        raise MissingPackageError(f"student: cannot load the tokenizer of {folder}: {first_line(exc)}") from exc
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"student: cannot load the processor of {folder} (a {kind} folder needs "
                                 f"preprocessor_config.json and its tokenizer files): {exc}") from exc

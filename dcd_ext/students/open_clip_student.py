@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..missing_package import MissingPackageError
 from .dual_encoder import MAX_LOGIT_SCALE, DualEncoder, StudentConfig
 
 OPEN_CLIP_EXTRA = 'pip install "dcd_ext[open_clip]" (open-clip-torch==3.3.0)'
@@ -44,8 +45,8 @@ def import_open_clip():
     try:
         import open_clip
     except ImportError as exc:
-        raise ImportError(f"open_clip students need the optional open_clip package, which is not installed: "
-                          f"{OPEN_CLIP_EXTRA}") from exc
+        raise MissingPackageError(f"open_clip students need the optional open_clip package, which is not "
+                                  f"installed: {OPEN_CLIP_EXTRA}") from exc
     return open_clip
 
 
