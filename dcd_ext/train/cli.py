@@ -32,6 +32,7 @@ from .components import (build_student_from_args, check_input_files, load_data_f
 from .dry_run import check_student_reads_an_example
 from .fusion import fusion_results, is_fusion_run, run_name
 from .loop import Interrupted, check_layout, train_student
+from .mining_pool import describe_mining_pool, mining_pool
 from .params import parse_args
 from .report import write_plots, write_report
 from .run_dir import RunDir, check_new_run_folder, default_run_folder, get_logger, write_config
@@ -81,10 +82,13 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
     if checkpoint is not None:
         check_checkpoint_fits(checkpoint, student)
         check_checkpoint_identity(checkpoint, read_meta(checkpoint)["extra"].get("run"), settings.run_identity)
+    pool = mining_pool(loss_fn, args.batch_size, world.size, args.accum_steps)
+    if pool is not None:
+        log.info(describe_mining_pool(pool))
     # ---- the run folder ----
     if world.is_main:
         run.create()
-        write_config(run, args, command, "train", world_size=world.size)
+        write_config(run, args, command, "train", world_size=world.size, mining_pool=pool)
         if skipped:
             run.write_text("skipped_images.txt", skipped_images_text(skipped))
         run.set_status("running")
@@ -123,6 +127,8 @@ def run_training(args, run: RunDir, device: torch.device, command: str, world: W
         lines.append(f"- best validation RSUM {best['rsum']:.1f} at epoch {best['epoch']} ({name}_best/)"
                      + (f"; stopped early after epoch {summary['early_stopped']}" if summary.get("early_stopped")
                         else ""))
+    if pool is not None:
+        lines.append(f"- {describe_mining_pool(pool)}")
     if skipped:
         lines.append(f"- {len(skipped)} unreadable images left out (skipped_images.txt)")
     write_report(run, f"DCD training run ({args.loss})", command, [("Setup", "\n".join(lines))], results, plots)
