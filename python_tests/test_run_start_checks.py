@@ -74,3 +74,12 @@ def test_a_sentencepiece_siglip_folder_without_sentencepiece_is_a_one_line_error
                        "tokenizer.json and need no extra package)")
     assert "Traceback" not in "\n".join(err)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_resume_hint_of_an_interrupted_torchrun_names_its_process_count():
+    """Issue 22 friction: the hint read ``torchrun --nproc_per_node N`` with a literal N."""
+    from dcd_ext.distributed import World
+    from dcd_ext.train.cli import launcher
+
+    assert launcher(World(size=4, rank=0, local_rank=0)) == "torchrun --nproc_per_node 4 -m dcd_ext.train"
+    assert launcher(World()) == "python -m dcd_ext.train"

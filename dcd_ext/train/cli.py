@@ -195,9 +195,13 @@ def run_command(args, run: RunDir, device: torch.device, command: str, world: Wo
         return run_guarded(args, run, device, command, world)
 
 
+def launcher(world: World) -> str:
+    """How to start this run again (the interrupted-run hint): torchrun with the process count it had."""
+    return f"torchrun --nproc_per_node {world.size} -m dcd_ext.train" if world.distributed else "python -m dcd_ext.train"
+
+
 def run_guarded(args, run: RunDir, device: torch.device, command: str, world: World) -> int:
     log = get_logger()
-    launcher = "torchrun --nproc_per_node N -m dcd_ext.train" if world.distributed else "python -m dcd_ext.train"
     try:
         if args.demo:
             from .demo import run_demo
@@ -205,7 +209,7 @@ def run_guarded(args, run: RunDir, device: torch.device, command: str, world: Wo
         else:
             run_training(args, run, device, command, world)
     except Interrupted as e:
-        log.info(f"{e}. Continue with: {launcher} --resume {run.path}")
+        log.info(f"{e}. Continue with: {launcher(world)} --resume {run.path}")
         run.set_status("interrupted", checkpoint=e.checkpoint)
         return 130
     except KeyboardInterrupt:
