@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..data.images import open_image
@@ -74,7 +75,8 @@ def student_candidates(index: GalleryIndex, query_embeddings: Tensor, depth: int
 
 
 def teacher_scores(teacher, index: GalleryIndex, queries: list[str], query_modality: str, positions: Tensor) -> Tensor:
-    """The teacher's score [Q, depth] of each query with each candidate (-inf where the position is -1)."""
+    """The teacher's score [Q, depth] of each query with each candidate (-inf where the position is -1).
+    Image queries are file paths or decoded images."""
     q = torch.arange(positions.shape[0]).view(-1, 1).expand_as(positions)
     valid = positions >= 0
     # pairs are (image index, text index) into the image and text lists handed to score_pairs
@@ -89,7 +91,9 @@ def teacher_scores(teacher, index: GalleryIndex, queries: list[str], query_modal
         texts = queries
         pairs = torch.stack([cand, torch.where(valid, q, -1)], dim=2)
     else:
-        images, texts = [open_image(p, f"query image {n + 1}") for n, p in enumerate(queries)], items
+        images = [p if isinstance(p, Image.Image) else open_image(p, f"query image {n + 1}")
+                  for n, p in enumerate(queries)]
+        texts = items
         pairs = torch.stack([torch.where(valid, q, -1), cand], dim=2)
     scores = score_unique_pairs(lambda p: teacher.score_pairs(images, texts, p), pairs.reshape(-1, 2))
     return scores.cpu().view(positions.shape)
