@@ -117,8 +117,9 @@ def with_threads(threads: int, fn):
         torch.set_num_threads(before)
 
 
-# few rows against many keys: the CPU kernel splits the keys across threads and merges the lists
-SKINNY = [(1, 9000, 64, 16), (16, 20000, 32, 5), (5, 3100, 16, 40), (300, 5000, 8, 1100)]
+# few rows against many keys: the CPU kernel splits the keys across threads (in whole tiles of up to
+# 16384 keys for small row blocks) and merges the lists
+SKINNY = [(1, 70000, 16, 16), (16, 50000, 32, 5), (40, 30000, 8, 3), (5, 3100, 16, 40), (300, 5000, 8, 1100)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

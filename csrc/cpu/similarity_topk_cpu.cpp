@@ -1,7 +1,7 @@
 // CPU similarity top-k. The work is a grid of (row block, column split) tasks: row blocks depend on N
 // only, and when they are too few to keep every thread busy (a few queries against a large gallery)
 // the columns are split too, each split keeping its own top-k lists, merged exactly afterwards. Each
-// task multiplies its row block against column tiles (tile_gemm: native bf16 products where the CPU has
+// task multiplies its row block against column tiles (wider for small row blocks) (tile_gemm: native bf16 products where the CPU has
 // them, float32 otherwise) and streams each tile through its lists. Split boundaries fall on tile
 // boundaries, so every score is the same product whatever the split and thread count. The finite check
 // rides on the same pass: a NaN or infinite input makes every score it touches non-finite, and the tile
@@ -23,19 +23,22 @@ namespace cpu {
 
 namespace {
 constexpr int64_t kRowTile = 256;
-constexpr int64_t kColTile = 1024;
+constexpr int64_t kColTile = 1024;             // columns of a score tile of kRowTile rows
+constexpr int64_t kTileElems = kRowTile * kColTile;
 constexpr int64_t kTasksPerThread = 4;          // enough tasks to even out the threads' shares
 constexpr int64_t kMaxSplitEntries = 1 << 24;   // bound on the extra lists of the column splits
 
 struct TopkPlan {
-  int64_t block, nblocks, splits, split_tiles;
+  int64_t block, nblocks, col_tile, splits, split_tiles;
 };
 
 TopkPlan plan_for(int64_t n, int64_t m, int64_t k, int64_t threads) {
   TopkPlan p;
   p.nblocks = (n + kRowTile - 1) / kRowTile;
   p.block = (n + p.nblocks - 1) / p.nblocks;
-  const int64_t tiles = (m + kColTile - 1) / kColTile;
+  // small row blocks take wider tiles (the same tile size, up to 16 x kColTile): fewer, larger products
+  p.col_tile = kColTile * std::max<int64_t>(1, std::min<int64_t>(16, kTileElems / (p.block * kColTile)));
+  const int64_t tiles = (m + p.col_tile - 1) / p.col_tile;
   const int64_t wanted = (kTasksPerThread * std::max<int64_t>(threads, 1) + p.nblocks - 1) / p.nblocks;
   p.splits = std::max<int64_t>(1, std::min({wanted, tiles, 1 + kMaxSplitEntries / std::max<int64_t>(n * k, 1)}));
   p.split_tiles = (tiles + p.splits - 1) / p.splits;
@@ -101,19 +104,19 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
   std::atomic<bool> non_finite{false};
 
   at::parallel_for(0, plan.nblocks * plan.splits, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> tile(static_cast<size_t>(plan.block * std::min(kColTile, m)));
+    std::vector<float> tile(static_cast<size_t>(plan.block * std::min(plan.col_tile, m)));
     bool bad = false;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / plan.splits, s = t % plan.splits;
       const int64_t r0 = b * plan.block, rows = std::min(plan.block, n - r0);
-      const int64_t c_begin = s * plan.split_tiles * kColTile;
-      const int64_t c_end = std::min(m, c_begin + plan.split_tiles * kColTile);
+      const int64_t c_begin = s * plan.split_tiles * plan.col_tile;
+      const int64_t c_end = std::min(m, c_begin + plan.split_tiles * plan.col_tile);
       // split s >= 1 keeps its lists in part_*, laid out [split - 1][row][k]
       float* out_v = s == 0 ? vals : part_vals.data() + (s - 1) * n * k;
       index_t* out_i = s == 0 ? idx : part_idx.data() + (s - 1) * n * k;
       const auto qb = query.narrow(0, r0, rows).to(op_dtype).contiguous();
-      for (int64_t c0 = c_begin; c0 < c_end; c0 += kColTile) {
-        const int64_t cols = std::min(kColTile, c_end - c0);
+      for (int64_t c0 = c_begin; c0 < c_end; c0 += plan.col_tile) {
+        const int64_t cols = std::min(plan.col_tile, c_end - c0);
         score_tile(qb, key_ops, c0, cols, tile.data(), cols);
         bad |= topk_tile_update(tile.data(), r0, rows, c0, cols, cols, qid, kid, kk, out_v, out_i);
       }
