@@ -57,9 +57,11 @@ void for_each_tile(const at::Tensor& img, const at::Tensor& txt, BlockBegin befo
   const auto acc = c10::CppTypeToScalarType<acc_t>::value;
   const auto op = tile_operand_dtype<acc_t>(img, txt);
   const auto txt_ops = prepare_score_keys(txt, op);
-  const int64_t block = row_block_size(n, at::get_num_threads(), kRowTile);
-  const int64_t nblocks = (n + block - 1) / block;
   const int64_t col_tile = std::min(kColTile, m);
+  // few columns (the transposed skinny case: 64 rows against a queue) take taller row blocks, so the
+  // tiles stay kRowTile x kColTile large and the products fewer and larger
+  const int64_t block = row_block_size(n, at::get_num_threads(), kRowTile * std::max<int64_t>(1, kColTile / col_tile));
+  const int64_t nblocks = (n + block - 1) / block;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
     auto tile_buf = at::empty({block * col_tile}, img.options().dtype(acc));
