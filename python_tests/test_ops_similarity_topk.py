@@ -173,3 +173,25 @@ def test_k_zero_still_refuses_non_finite_inputs():
     keys[4, 3] = float("nan")
     with pytest.raises(ValueError, match="keys holds 1 NaN"):
         ops.similarity_topk(query, keys, 0)
+
+
+@pytest.mark.parametrize("k", [5, 40, 1000])
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_long_and_short_lists_break_ties_by_index_exactly(k, with_ids):
+    """Small-integer inputs make every score exact and most of them tied: the lists (sorted insertion for
+    short ones, collect-and-select for long ones, across key splits) equal a stable sort of the exact scores."""
+    gen = torch.Generator().manual_seed(11)
+    n, m = 6, 40000
+    q = torch.randint(-2, 3, (n, 8), generator=gen).float()
+    keys = torch.randint(-2, 3, (m, 8), generator=gen).float()
+    qid = kid = None
+    scores = q.double() @ keys.double().T
+    if with_ids:
+        qid, kid = torch.arange(n), torch.randint(0, n, (m,), generator=gen)
+        scores = scores.masked_fill(qid.view(-1, 1) == kid.view(1, -1), float("-inf"))
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+    want_v = torch.gather(scores, 1, order).float()
+    for threads in (1, 2, 3):
+        values, indices = with_threads(threads, lambda: ops.similarity_topk(q, keys, k, qid, kid))
+        assert torch.equal(values, want_v)
+        assert torch.equal(indices, order)

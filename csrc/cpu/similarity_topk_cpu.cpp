@@ -1,11 +1,11 @@
 // CPU similarity top-k. The work is a grid of (row block, column split) tasks: row blocks depend on N
 // only, and when they are too few to keep every thread busy (a few queries against a large gallery)
 // the columns are split too, each split keeping its own top-k lists, merged exactly afterwards. Each
-// task multiplies its row block against column tiles (wider for small row blocks) (tile_gemm: native bf16 products where the CPU has
-// them, float32 otherwise) and streams each tile through its lists. Split boundaries fall on tile
-// boundaries, so every score is the same product whatever the split and thread count. The finite check
-// rides on the same pass: a NaN or infinite input makes every score it touches non-finite, and the tile
-// scan notices. No [N, M] buffer.
+// task multiplies its row block against column tiles (tile_gemm; wider tiles for small row blocks) and
+// streams each tile through its lists: sorted insertion for short lists, collect-and-select for long
+// ones (topk_tile.h). Split boundaries fall on tile boundaries, so every score is the same product
+// whatever the split and thread count. The finite check rides on the same pass: a NaN or infinite
+// input makes every score it touches non-finite, and the tile scan notices. No [N, M] buffer.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -27,6 +27,7 @@ constexpr int64_t kColTile = 1024;             // columns of a score tile of kRo
 constexpr int64_t kTileElems = kRowTile * kColTile;
 constexpr int64_t kTasksPerThread = 4;          // enough tasks to even out the threads' shares
 constexpr int64_t kMaxSplitEntries = 1 << 24;   // bound on the extra lists of the column splits
+constexpr int64_t kInsertK = 32;                // longer lists collect and select (TopkCollector)
 
 struct TopkPlan {
   int64_t block, nblocks, col_tile, splits, split_tiles;
@@ -115,11 +116,21 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
       float* out_v = s == 0 ? vals : part_vals.data() + (s - 1) * n * k;
       index_t* out_i = s == 0 ? idx : part_idx.data() + (s - 1) * n * k;
       const auto qb = query.narrow(0, r0, rows).to(op_dtype).contiguous();
+      if (k <= kInsertK) {
+        for (int64_t c0 = c_begin; c0 < c_end; c0 += plan.col_tile) {
+          const int64_t cols = std::min(plan.col_tile, c_end - c0);
+          score_tile(qb, key_ops, c0, cols, tile.data(), cols);
+          bad |= topk_tile_update(tile.data(), r0, rows, c0, cols, cols, qid, kid, kk, out_v, out_i);
+        }
+        continue;
+      }
+      TopkCollector lists(rows, kk);
       for (int64_t c0 = c_begin; c0 < c_end; c0 += plan.col_tile) {
         const int64_t cols = std::min(plan.col_tile, c_end - c0);
         score_tile(qb, key_ops, c0, cols, tile.data(), cols);
-        bad |= topk_tile_update(tile.data(), r0, rows, c0, cols, cols, qid, kid, kk, out_v, out_i);
+        bad |= lists.update(tile.data(), rows, c0, cols, cols, qid, r0, kid);
       }
+      for (int64_t r = 0; r < rows; ++r) lists.write(r, out_v + (r0 + r) * k, out_i + (r0 + r) * k);
     }
     if (bad) non_finite.store(true, std::memory_order_relaxed);
   });

@@ -3,6 +3,10 @@
 // increasing order, so ties keep the smaller index. Torch-free.
 #pragma once
 
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "dcd/macros.h"
 #include "dcd/topk.h"
 
@@ -45,6 +49,107 @@ bool topk_tile_update(const acc_t* scores, index_t r0, index_t rows, index_t c0,
   }
   return non_finite;
 }
+
+}  // namespace cpu
+}  // namespace dcd
+
+namespace dcd {
+namespace cpu {
+
+// Long lists (large k, e.g. a re-ranking depth of 1000): inserting every survivor into a sorted list
+// costs O(k) each, and a fresh list lets k ln(M / k) of them in. Instead each row collects its survivors
+// (scores above the row's k-th best so far) unsorted, and when 2k have gathered, keeps the k best with
+// one selection (linear time) and raises its threshold to the k-th; the final k are sorted once. The
+// order is the lists' (value descending, then index ascending), a strict total order, so the result is
+// the same as inserting one by one.
+class TopkCollector {
+ public:
+  TopkCollector(index_t rows, int k) : k_(k), vals_(rows), idx_(rows), threshold_(rows, -inf()) {}
+
+  // One tile of scores (rows r0.. of the lists' rows; this collector's row r is list row r0 + r).
+  template <typename acc_t>
+  bool update(const acc_t* scores, index_t rows, index_t c0, index_t cols, index_t ld, const index_t* query_ids,
+              index_t r0, const index_t* key_ids) {
+    bool non_finite = false;
+    for (index_t r = 0; r < rows; ++r) {
+      const acc_t* sr = scores + r * ld;
+      const index_t qid = query_ids ? query_ids[r0 + r] : 0;
+      auto& vals = vals_[r];
+      auto& idx = idx_[r];
+      float threshold = threshold_[r];
+      bool bad = false;
+#pragma omp simd reduction(|| : bad)
+      for (index_t j = 0; j < cols; ++j) {
+        const float v = static_cast<float>(sr[j]);
+        bad = bad || !(v - v == 0.0f);
+      }
+      non_finite = non_finite || bad;
+      for (index_t j = 0; j < cols; ++j) {
+        const float v = static_cast<float>(sr[j]);
+        if (!(v > threshold)) continue;
+        if (key_ids && key_ids[c0 + j] == qid) continue;
+        vals.push_back(v);
+        idx.push_back(c0 + j);
+        if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
+      }
+      threshold_[r] = threshold;
+    }
+    return non_finite;
+  }
+
+  // Writes row r's sorted list (padded with (-inf, -1)) to vals_out / idx_out (k entries each).
+  void write(index_t r, float* vals_out, index_t* idx_out) {
+    keep_best(r);
+    auto order = sorted_order(r, vals_[r].size());
+    for (int o = 0; o < k_; ++o) {
+      const bool real = o < static_cast<int>(order.size());
+      vals_out[o] = real ? vals_[r][order[o]] : -inf();
+      idx_out[o] = real ? idx_[r][order[o]] : -1;
+    }
+  }
+
+ private:
+  static float inf() { return std::numeric_limits<float>::infinity(); }
+
+  // Positions of row r's entries ranked by (value desc, index asc); the first `count` are sorted.
+  std::vector<index_t> sorted_order(index_t r, size_t count) {
+    const auto& v = vals_[r];
+    const auto& i = idx_[r];
+    std::vector<index_t> order(v.size());
+    for (size_t p = 0; p < order.size(); ++p) order[p] = static_cast<index_t>(p);
+    auto before = [&](index_t a, index_t b) { return topk_before(v[a], i[a], v[b], i[b]); };
+    if (count < order.size()) std::nth_element(order.begin(), order.begin() + count, order.end(), before);
+    std::sort(order.begin(), order.begin() + std::min(count, order.size()), before);
+    return order;
+  }
+
+  // Keeps row r's k best entries (unsorted past the selection) and returns the new threshold: the k-th
+  // best value once k are kept, -inf before.
+  float keep_best(index_t r) {
+    auto& v = vals_[r];
+    auto& i = idx_[r];
+    if (static_cast<int>(v.size()) < k_) return -inf();
+    std::vector<index_t> order(v.size());
+    for (size_t p = 0; p < order.size(); ++p) order[p] = static_cast<index_t>(p);
+    auto before = [&](index_t a, index_t b) { return topk_before(v[a], i[a], v[b], i[b]); };
+    std::nth_element(order.begin(), order.begin() + (k_ - 1), order.end(), before);
+    std::vector<float> kv(k_);
+    std::vector<index_t> ki(k_);
+    float kth = v[order[k_ - 1]];
+    for (int o = 0; o < k_; ++o) {
+      kv[o] = v[order[o]];
+      ki[o] = i[order[o]];
+    }
+    v.swap(kv);
+    i.swap(ki);
+    return kth;
+  }
+
+  int k_;
+  std::vector<std::vector<float>> vals_;
+  std::vector<std::vector<index_t>> idx_;
+  std::vector<float> threshold_;
+};
 
 }  // namespace cpu
 }  // namespace dcd
