@@ -1,6 +1,8 @@
-// similarity_topk refuses non-finite inputs: a NaN score has no place in a ranking, and skipping it
-// silently (what a plain ">" comparison does) would hide it. CPU tensors get a ValueError naming the
-// argument and the count; CUDA tensors a device-side assert with the same message (no host sync).
+// The finite check of similarity_topk's inputs, for the paths that do not fold it into their score scan
+// (k = 0, the chunked implementation) and for naming the argument once the CPU kernel's scan has found a
+// non-finite score: a NaN score has no place in a ranking, and skipping it silently (what a plain ">"
+// comparison does) would hide it. CPU tensors get a ValueError naming the argument and the count; CUDA
+// tensors a device-side assert with the same message (no host sync).
 #pragma once
 
 #include <ATen/ATen.h>

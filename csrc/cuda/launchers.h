@@ -35,9 +35,11 @@ int64_t similarity_topk_splits(int64_t n, int64_t m, int64_t k, int sm_count);
 
 // values/indices [N, k] receive the result (any prior content); with splits > 1, ws_values/ws_indices hold
 // (splits - 1) * N * k entries of workspace (split s > 0 keeps its partial lists there until the merge).
+// *non_finite (device memory) is set to 1 when any score is NaN or infinite, i.e. when an input holds a
+// NaN or infinity (or the product overflows); it is left alone otherwise.
 cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
                             float* values, int64_t* indices, int64_t splits, float* ws_values, int64_t* ws_indices,
-                            cudaStream_t stream);
+                            int* non_finite, cudaStream_t stream);
 
 // Rows of `a` per CTA of the contrastive kernels: the length of d_scale_parts is ceil(rows / this).
 constexpr int64_t kContrastiveRowsPerBlock = 32;

@@ -115,7 +115,8 @@ template <typename in_t, int kStages, int kBM, int kThreads>
 __global__ void __launch_bounds__(kThreads, (kMinBlocks<in_t, kThreads>))
     similarity_topk_kernel(const in_t* __restrict__ q, int64_t n, const in_t* __restrict__ keys, int64_t m, int64_t d,
                            int k, const int64_t* __restrict__ qid, const int64_t* __restrict__ kid, float* out_v,
-                           int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t tiles_per_split, bool vec) {
+                           int64_t* out_i, float* ws_v, int64_t* ws_i, int64_t tiles_per_split, bool vec,
+                           int* non_finite) {
   using P = TopkProducer<in_t, kStages, kBM, kThreads>;
   using L = TopkSmem<in_t, kStages, kBM, kThreads>;
   constexpr int kWarps = kThreads / 32;
@@ -198,8 +199,15 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<in_t, kThreads>))
       // of the row beats its threshold). Columns are tested in increasing order, which the strict
       // `v > thr` needs: a later column equal to the k-th value ranks after it (larger index).
       float v[kBN / 32];
+      bool bad = false;
 #pragma unroll
-      for (int e = 0; e < kBN / 32; ++e) v[e] = tile[r * kScoreLd + 32 * e + lane];
+      for (int e = 0; e < kBN / 32; ++e) {
+        v[e] = tile[r * kScoreLd + 32 * e + lane];
+        bad = bad || (c0 + 32 * e + lane < col_end && !isfinite(v[e]));
+      }
+      // the finite check of the inputs, at no extra pass: a NaN or infinite input makes every score it
+      // enters non-finite (the glue turns the flag into a device-side assertion)
+      if (__any_sync(kFullMask, bad) && lane == 0) *non_finite = 1;
       if (!__any_sync(kFullMask, v[0] > thr || v[1] > thr || v[2] > thr || v[3] > thr)) continue;
       const int64_t my_id = qid ? qid[i] : 0;
       int cnt = cnt_s[r];
@@ -288,7 +296,7 @@ __global__ void __launch_bounds__(32 * kMergeMaxWarps)
 template <typename in_t, int kStages, int kBM, int kThreads>
 cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
                         int64_t* indices, int64_t splits, int64_t per_split, float* ws_v, int64_t* ws_i,
-                        cudaStream_t stream) {
+                        int* non_finite, cudaStream_t stream) {
   using P = TopkProducer<in_t, kStages, kBM, kThreads>;
   const int64_t n = query.rows, m = keys.rows, d = query.cols;
   if ((n + kBM - 1) / kBM > 0x7fffffff) return cudaErrorInvalidValue;
@@ -301,7 +309,8 @@ cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, co
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (status != cudaSuccess) return status;
   const dim3 grid(ceil_div(n, kBM), static_cast<unsigned>(splits));
-  kernel<<<grid, kThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split, vec);
+  kernel<<<grid, kThreads, smem, stream>>>(qp, n, kp, m, d, k, qid, kid, values, indices, ws_v, ws_i, per_split, vec,
+                                           non_finite);
   status = cudaGetLastError();
   if (status != cudaSuccess || splits == 1) return status;
   const int64_t warps = splits / 2 < 1 ? 1 : (splits / 2 > kMergeMaxWarps ? kMergeMaxWarps : splits / 2);
@@ -316,7 +325,8 @@ cudaError_t launch_topk(Matrix query, Matrix keys, int k, const int64_t* qid, co
 // clear error from the glue).
 template <typename in_t>
 cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid, const int64_t* kid, float* values,
-                           int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, cudaStream_t stream) {
+                           int64_t* indices, int64_t splits, float* ws_v, int64_t* ws_i, int* non_finite,
+                           cudaStream_t stream) {
   const int64_t tiles = (keys.rows + kBN - 1) / kBN;
   if (splits < 1) splits = 1;
   const int64_t per_split = (tiles + splits - 1) / splits;
@@ -342,19 +352,19 @@ cudaError_t dispatch_shape(Matrix query, Matrix keys, int k, const int64_t* qid,
       if (per_sm >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes + kReserved &&
           per_block >= TopkSmem<in_t, 3, kLargeBM, kLargeThreads>::kBytes) {
         return launch_topk<in_t, 3, kLargeBM, kLargeThreads>(query, keys, k, qid, kid, values, indices, splits,
-                                                             per_split, ws_v, ws_i, stream);
+                                                             per_split, ws_v, ws_i, non_finite, stream);
       }
       return launch_topk<in_t, 2, kLargeBM, kLargeThreads>(query, keys, k, qid, kid, values, indices, splits,
-                                                           per_split, ws_v, ws_i, stream);
+                                                           per_split, ws_v, ws_i, non_finite, stream);
     }
   }
   if (per_sm >= 2 * (TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes + kReserved) &&
       per_block >= TopkSmem<in_t, 3, kSmallBM, kSmallThreads>::kBytes) {
     return launch_topk<in_t, 3, kSmallBM, kSmallThreads>(query, keys, k, qid, kid, values, indices, splits, per_split,
-                                                         ws_v, ws_i, stream);
+                                                         ws_v, ws_i, non_finite, stream);
   }
   return launch_topk<in_t, 2, kSmallBM, kSmallThreads>(query, keys, k, qid, kid, values, indices, splits, per_split,
-                                                       ws_v, ws_i, stream);
+                                                       ws_v, ws_i, non_finite, stream);
 }
 
 }  // namespace
@@ -379,13 +389,13 @@ int64_t similarity_topk_splits(int64_t n, int64_t m, int64_t k, int sm_count) {
 
 cudaError_t similarity_topk(Matrix query, Matrix keys, int64_t k, const int64_t* query_ids, const int64_t* key_ids,
                             float* values, int64_t* indices, int64_t splits, float* ws_values, int64_t* ws_indices,
-                            cudaStream_t stream) {
+                            int* non_finite, cudaStream_t stream) {
   if (query.rows == 0 || keys.rows == 0 || k == 0) return cudaSuccess;
   if (k > 0x7fffffff) return cudaErrorInvalidValue;
   DCD_DISPATCH_DTYPE(query.dtype, {
     static_assert(sizeof(acc_t) > 0, "");
     return dispatch_shape<in_t>(query, keys, static_cast<int>(k), query_ids, key_ids, values, indices, splits,
-                                 ws_values, ws_indices, stream);
+                                 ws_values, ws_indices, non_finite, stream);
   })
 }
 
