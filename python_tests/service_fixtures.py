@@ -19,21 +19,33 @@ NUM_IMAGES, ID_OFFSET = 8, 100
 SHIPPED_TEACHER = os.path.join(os.path.dirname(__import__("dcd_ext").__file__), "assets", "demo_teacher")
 
 
-def make_gallery(root) -> dict:
-    from dcd_ext import index as index_cli
-    from dcd_ext.data import make_synthetic_split, vocabulary
-    from dcd_ext.students import build_small_student, save_student
+def write_scenes(root, name: str):
+    """NUM_IMAGES synthetic scenes saved as root/images/scene_I.png and one caption per image (the first of
+    each) in root/captions.txt; returns the scenes, the image paths and the captions."""
+    from dcd_ext.data import make_synthetic_split
 
-    scenes = make_synthetic_split("service", NUM_IMAGES, seed=3, image_size=32)
+    scenes = make_synthetic_split(name, NUM_IMAGES, seed=3, image_size=32)
     first = {}
     for j, i in enumerate(scenes.caption_image):
         first.setdefault(i, scenes.captions[j])
     captions = [first[i] for i in range(NUM_IMAGES)]
     image_dir = root / "images"
     image_dir.mkdir()
+    paths = []
     for i, image in enumerate(scenes.images):
-        image.save(image_dir / f"scene_{i}.png")
+        paths.append(str(image_dir / f"scene_{i}.png"))
+        image.save(paths[-1])
     (root / "captions.txt").write_text("\n".join(captions) + "\n")
+    return scenes, paths, captions
+
+
+def make_gallery(root) -> dict:
+    from dcd_ext import index as index_cli
+    from dcd_ext.data import vocabulary
+    from dcd_ext.students import build_small_student, save_student
+
+    _, _, captions = write_scenes(root, "service")
+    image_dir = root / "images"
     with torch.random.fork_rng():
         torch.manual_seed(0)
         student = build_small_student(captions=vocabulary(), image_size=32, width=32, embed_dim=16,

@@ -16,11 +16,11 @@ from safetensors import safe_open
 
 from dcd_ext import index as index_cli
 from dcd_ext import ops, search as search_cli, speed as speed_cli
-from dcd_ext.data import make_synthetic_split, vocabulary
+from dcd_ext.data import vocabulary
 from dcd_ext.serving.index_file import load_index
 from dcd_ext.students import build_small_student, load_student, save_student
 
-NUM_IMAGES, ID_OFFSET = 8, 100
+from service_fixtures import ID_OFFSET, NUM_IMAGES, write_scenes
 
 
 def fit_student(student, images, captions, steps=80):
@@ -42,18 +42,8 @@ def gallery(tmp_path_factory):
     """Image files, one caption per image (in a .txt), a fitted student folder, and both indexes."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("serving")
-    scenes = make_synthetic_split("serving", NUM_IMAGES, seed=3, image_size=32)
-    first = {}
-    for j, i in enumerate(scenes.caption_image):
-        first.setdefault(i, scenes.captions[j])
-    captions = [first[i] for i in range(NUM_IMAGES)]
+    scenes, paths, captions = write_scenes(root, "serving")
     image_dir = root / "images"
-    image_dir.mkdir()
-    paths = []
-    for i, image in enumerate(scenes.images):
-        paths.append(str(image_dir / f"scene_{i}.png"))
-        image.save(paths[-1])
-    (root / "captions.txt").write_text("\n".join(captions) + "\n")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         student = build_small_student(captions=vocabulary(), image_size=32, width=64, embed_dim=32,
