@@ -15,15 +15,21 @@ from dcd_ext._loader import compiled_library
 from dcd_ext.cuda_status import cuda_status
 
 
-def cpu_model() -> str:
+def cpuinfo_field(name: str) -> str:
+    """The first processor's ``name`` line of /proc/cpuinfo ("model name", "vendor_id", "flags"), or "" where
+    there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def collect() -> dict:

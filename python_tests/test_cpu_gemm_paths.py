@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dcd_ext import ops, reference
+from dcd_ext.info import cpuinfo_field
 from op_helpers import unit_rows
 
 # (DCD_CPU_GEMM, DCD_CPU_F32_GEMM)
@@ -20,25 +21,11 @@ def unit(n: int, d: int, seed: int) -> torch.Tensor:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(cpuinfo_field("flags").split())
 
 
 def cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id")
 
 
 def report(monkeypatch, gemm: str = "", f32: str = "") -> str:
