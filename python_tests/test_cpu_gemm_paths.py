@@ -1,5 +1,6 @@
-"""The CPU kernels' tile GEMM paths: native bf16 products (AMX by default, AVX512_BF16 when forced), float32
-through torch's GEMM (MKL) or oneDNN's matmul (the default off Intel). Every path this machine can take runs
+"""The CPU kernels' tile GEMM paths: native bf16 products (AMX, or dcd_ext's AVX512_BF16 score kernel: the
+default on CPUs with AVX512_BF16 but no AMX other than Intel's), float32 through torch's GEMM (MKL) or oneDNN's
+matmul (the default off Intel). Every path this machine can take runs
 here, whatever its vendor (DCD_CPU_GEMM and DCD_CPU_F32_GEMM force them), and must give the float32 kernel's
 results on the bf16-rounded inputs, up to accumulation-order rounding."""
 
@@ -13,7 +14,8 @@ from dcd_ext.info import cpuinfo_field
 from op_helpers import unit_rows
 
 # (DCD_CPU_GEMM, DCD_CPU_F32_GEMM)
-PATHS = [("auto", "auto"), ("float32", "blas"), ("float32", "onednn"), ("native-bf16", "auto")]
+PATHS = [("auto", "auto"), ("float32", "blas"), ("float32", "onednn"), ("native-bf16", "auto"), ("bf16-dot", "auto"),
+         ("bf16-dot", "onednn")]
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -47,6 +49,8 @@ def gemm_path(request, monkeypatch):
         pytest.skip("no oneDNN float32 matmul on this CPU (it needs AVX-512 BW/VL/DQ)")
     if gemm == "native-bf16" and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
         pytest.skip("this CPU has no native bfloat16 products (AVX512_BF16 or AMX)")
+    if gemm == "bf16-dot" and "avx512_bf16" not in cpu_flags():
+        pytest.skip("this CPU has no AVX512_BF16")
     report(monkeypatch, gemm, f32)
     return request.param
 
@@ -56,17 +60,26 @@ def test_report_names_the_path_the_cpu_features_allow(monkeypatch):
     flags = cpu_flags()
     assert f"avx512_bf16={int('avx512_bf16' in flags)}" in text
     assert f"amx_bf16={int('amx_bf16' in flags)}" in text
-    native = "bfloat16: native bf16 x bf16 -> f32" in text
-    assert native == ("amx_bf16" in flags and "mkl bf16 gemm: yes" in text)  # by default only with AMX
     vendor = cpu_vendor()
+    amx = "amx_bf16" in flags and "mkl bf16 gemm: yes" in text
+    dot_kernel = "avx512_bf16" in flags and vendor != "GenuineIntel" and not amx
+    assert ("bfloat16: native bf16 x bf16 -> f32 (scores: oneDNN brgemm" in text
+            or "bfloat16: native bf16 x bf16 -> f32 (MKL)" in text) == amx
+    assert ("bfloat16: native bf16 x bf16 -> f32 (scores: dcd_ext AVX512_BF16 kernel" in text) == dot_kernel
+    assert ("bfloat16: widened to float32" in text) == (not amx and not dot_kernel)
+    assert f"avx512_bf16 kernel: {'yes' if 'avx512_bf16' in flags else 'no'}" in text
+    intel_few_rows = "avx512_bf16" in flags and vendor == "GenuineIntel" and not amx
+    assert ("similarity_topk with at most 256 query rows: dcd_ext AVX512_BF16 kernel" in text) == intel_few_rows
     f32_onednn = "float32: oneDNN matmul" in text
     if vendor == "GenuineIntel":
         assert not f32_onednn and "cpu: Intel" in text
     elif vendor == "AuthenticAMD":
         assert "cpu: AMD" in text and f32_onednn == ONEDNN_F32
     assert "bfloat16: widened to float32" in report(monkeypatch, "float32")
-    if "avx512_bf16" in flags and "mkl bf16 gemm: yes" in text:
+    if "avx512_bf16" in flags or amx:
         assert "bfloat16: native bf16 x bf16 -> f32" in report(monkeypatch, "native-bf16")
+    if "avx512_bf16" in flags:
+        assert "scores: dcd_ext AVX512_BF16 kernel" in report(monkeypatch, "bf16-dot")
     assert "float32: torch GEMM" in report(monkeypatch, f32="blas")
     if ONEDNN_F32:
         assert "float32: oneDNN matmul" in report(monkeypatch, f32="onednn")
@@ -147,3 +160,46 @@ def test_contrastive_loss_bf16_matches_the_float64_reference_on_rounded_inputs(g
     for got, want in ((img.grad, img64.grad), (txt.grad, txt64.grad)):
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
+# shapes that reach every branch of the AVX512_BF16 score kernel: one row (unpacked), row counts that leave
+# 1-7 rows in the last micro-tile, key counts that leave a short block of 48, k odd, under 32 and not a
+# multiple of 32, k = 0
+@pytest.mark.parametrize("n,m,d", [(1, 3001, 100), (2, 50, 1), (9, 47, 33), (23, 97, 64), (17, 49, 0), (3, 5, 31)])
+def test_similarity_topk_bf16_kernel_shapes_match_float64(gemm_path, n, m, d):
+    q, keys = unit(n, d, 6).bfloat16(), unit(m, d, 7).bfloat16()
+    k = min(5, m)
+    values, _ = ops.similarity_topk(q, keys, k)
+    want, _ = reference.similarity_topk(q.double(), keys.double(), k)
+    torch.testing.assert_close(values.double(), want.double(), rtol=0, atol=2e-6)
+    scores = ops.similarity_topk(q, keys, m)[0]  # every score, sorted
+    full = torch.sort(q.double() @ keys.double().T, dim=1, descending=True).values
+    torch.testing.assert_close(scores.double(), full, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("which,row,col", [("query", 0, 0), ("query", -1, -1), ("keys", 0, 0), ("keys", -1, -1),
+                                           ("keys", 1234, 17)])
+def test_bf16_non_finite_input_is_caught_wherever_it_sits(gemm_path, which, row, col):
+    q, keys = unit(19, 33, 8).bfloat16(), unit(3000, 33, 9).bfloat16()
+    (q if which == "query" else keys)[row, col] = float("nan")
+    with pytest.raises(ValueError, match=f"{which} holds 1 NaN or infinite values"):
+        ops.similarity_topk(q, keys, 4)
+    with pytest.raises(ValueError, match=f"{which} holds 1 NaN or infinite values"):
+        ops.similarity_topk(q[:1] if which == "keys" else q[row:][:1], keys, 4)  # the one-row kernel
+
+
+def test_intel_without_amx_scores_few_query_rows_with_the_bf16_kernel(monkeypatch):
+    """The choice by shape on Intel without AMX, seen in the results' rounding: up to 256 query rows auto sums
+    like the bf16 kernel (bitwise), above like the widened float32 products."""
+    if "avx512_bf16" not in cpu_flags() or "amx_bf16" in cpu_flags() or cpu_vendor() != "GenuineIntel":
+        pytest.skip("the choice by query rows is made on Intel CPUs with AVX512_BF16 and no AMX")
+    keys = unit(4000, 256, 11).bfloat16()
+    for n, want in ((256, "bf16-dot"), (257, "float32")):
+        q = unit(n, 256, 12).bfloat16()
+        got = {}
+        for gemm in ("auto", "bf16-dot", "float32"):
+            report(monkeypatch, gemm)
+            got[gemm] = ops.similarity_topk(q, keys, 4000)[0]
+        other = "float32" if want == "bf16-dot" else "bf16-dot"
+        assert torch.equal(got["auto"], got[want])
+        assert not torch.equal(got["auto"], got[other])  # the two paths round differently

@@ -90,7 +90,8 @@ void tile_grad_products(const at::Tensor& ds, const at::Tensor& ub, const at::Te
     d_img_rows.addmm_(ds, vt, 1, scale);
     d_txt_rows.addmm_(ds.t(), ub, 1, scale);
   } else {
-    const auto ds_op = ds.to(ub.scalar_type());
+    // in bf16 only where every product is (the score-only bf16 kernel widens these)
+    const auto ds_op = gemm_path_for(ub.scalar_type()) == GemmPath::kBF16Native ? ds.to(ub.scalar_type()) : ds;
     gemm_nn(ds_op, vt, d_img_rows.data_ptr<float>(), d_img_rows.stride(0), scale, 1.0f);
     gemm_tn(ds_op, ub, d_txt_rows.data_ptr<float>(), d_txt_rows.stride(0), scale, 1.0f);
   }

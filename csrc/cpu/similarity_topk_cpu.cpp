@@ -91,8 +91,8 @@ std::tuple<at::Tensor, at::Tensor> similarity_topk(const at::Tensor& query, cons
 
   // both operands in one dtype: bfloat16 only when both are bfloat16 and the CPU multiplies it natively
   const auto common = query.scalar_type() == keys.scalar_type() ? query.scalar_type() : at::kFloat;
-  const auto op_dtype = operand_dtype(common);
-  const auto key_ops = prepare_score_keys(keys, op_dtype);
+  const auto op_dtype = operand_dtype(common, n);
+  const auto key_ops = prepare_score_keys(keys, op_dtype, n);
   const index_t* qid = query_ids.defined() ? query_ids.data_ptr<int64_t>() : nullptr;
   const index_t* kid = key_ids.defined() ? key_ids.data_ptr<int64_t>() : nullptr;
   const TopkPlan plan = plan_for(n, m, k, at::get_num_threads());

@@ -2,6 +2,8 @@
 
 #include <ATen/native/CPUBlas.h>
 
+#include "cpu/bf16_dot_tile.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -61,31 +63,52 @@ std::string env_value(const char* name) {
 }
 
 // DCD_CPU_GEMM: auto (default), float32 (bfloat16 widened to float32), native-bf16 (bfloat16 multiplied
-// natively wherever the CPU can, even where that is slower). Read at every call, like DCD_CPU_IMPL.
-enum class Bf16Choice { kAuto, kFloat32, kNative };
+// natively wherever the CPU can, even where that is slower: AMX, else the AVX512_BF16 kernel), bf16-dot (the
+// AVX512_BF16 score kernel, even with AMX). Read at every call, like DCD_CPU_IMPL.
+enum class Bf16Choice { kAuto, kFloat32, kNative, kDot };
 Bf16Choice bf16_choice() {
   const std::string v = env_value("DCD_CPU_GEMM");
   if (v.empty() || v == "auto") return Bf16Choice::kAuto;
   if (v == "float32") return Bf16Choice::kFloat32;
-  TORCH_CHECK_VALUE(v == "native-bf16", "DCD_CPU_GEMM must be auto, float32 or native-bf16, got '", v, "'");
+  if (v == "bf16-dot") return Bf16Choice::kDot;
+  TORCH_CHECK_VALUE(v == "native-bf16", "DCD_CPU_GEMM must be auto, float32, native-bf16 or bf16-dot, got '", v, "'");
   return Bf16Choice::kNative;
 }
 
-bool bf16_native_possible() {
-  const auto& f = cpu_features();
-  return cblas_gemm_bf16bf16f32 != nullptr && (f.avx512_bf16 || f.amx_bf16);
+// AMX: score tiles through oneDNN's brgemm, the other products through MKL's bf16 GEMM.
+bool amx_native_possible() { return cblas_gemm_bf16bf16f32 != nullptr && cpu_features().amx_bf16; }
+
+bool bf16_dot_possible() {
+  static const bool ok = bf16_dot_supported();
+  return ok;
 }
 
-// Native bfloat16 by default only with AMX: with AVX512_BF16 alone MKL's bf16 GEMM runs at about 60% of
-// the float32 GEMM on the same cores (measured on Sapphire Rapids without AMX: 92 vs 149 GFLOP/s per core
-// at 256 x 1024 x 256 tiles, widening included), so widening each operand once is faster.
-bool bf16_native_available() {
+// Intel without AMX: similarity_topk with at most this many query rows takes the AVX512_BF16 kernel, because
+// widening the keys (a float32 copy of them, a pass over memory) costs more than the kernel's half-rate
+// products up to about there (measured at 2 threads, 262144 keys: 32 rows 42 vs 127 ms, 128: 156 vs 204 ms,
+// 256: 324 vs 305 ms, 1024: 1113 vs 914 ms).
+constexpr int64_t kIntelDotMaxRows = 256;
+
+// bfloat16 by default: AMX where the CPU has it; the AVX512_BF16 score kernel on other CPUs with that
+// extension but no AMX except Intel's (AMD Zen 4: there vdpbf16ps does twice the multiply-adds per cycle
+// of float32 FMAs); on Intel without AMX, where vdpbf16ps does half the multiply-adds per cycle of float32
+// FMAs (measured: 95 vs 197 GFLOP/s per core), only for few query rows (score_rows, see above) and
+// widened to float32 otherwise.
+GemmPath bf16_path(int64_t score_rows) {
   switch (bf16_choice()) {
-    case Bf16Choice::kFloat32: return false;
-    case Bf16Choice::kNative: return bf16_native_possible();
+    case Bf16Choice::kFloat32: return GemmPath::kFloat32;
+    case Bf16Choice::kDot:
+      TORCH_CHECK_VALUE(bf16_dot_possible(), "DCD_CPU_GEMM=bf16-dot but this CPU has no AVX512_BF16");
+      return GemmPath::kBF16Dot;
+    case Bf16Choice::kNative:
+      if (amx_native_possible()) return GemmPath::kBF16Native;
+      return bf16_dot_possible() ? GemmPath::kBF16Dot : GemmPath::kFloat32;
     case Bf16Choice::kAuto: break;
   }
-  return bf16_native_possible() && cpu_features().amx_bf16;
+  if (amx_native_possible()) return GemmPath::kBF16Native;
+  if (!bf16_dot_possible()) return GemmPath::kFloat32;
+  if (!cpu_features().intel) return GemmPath::kBF16Dot;
+  return score_rows >= 0 && score_rows <= kIntelDotMaxRows ? GemmPath::kBF16Dot : GemmPath::kFloat32;
 }
 
 // oneDNN's float32 matmul needs AVX-512 (BW/VL/DQ) in torch's device check.
@@ -110,7 +133,8 @@ bool use_onednn_f32() {
 }
 
 bool use_native(const at::Tensor& a, const at::Tensor& b) {
-  return a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 && bf16_native_available();
+  return a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
+         bf16_path(-1) == GemmPath::kBF16Native;
 }
 
 at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
@@ -142,13 +166,12 @@ constexpr int64_t kScoreRows = 32;  // rows per micro-kernel call
 int64_t packed_width(int64_t cols) { return (cols + 15) / 16 * 16; }
 }  // namespace
 
-GemmPath gemm_path_for(at::ScalarType dtype) {
-  if (dtype == at::kBFloat16 && bf16_native_available()) return GemmPath::kBF16Native;
-  return GemmPath::kFloat32;
+GemmPath gemm_path_for(at::ScalarType dtype, int64_t score_rows) {
+  return dtype == at::kBFloat16 ? bf16_path(score_rows) : GemmPath::kFloat32;
 }
 
-at::ScalarType operand_dtype(at::ScalarType dtype) {
-  return gemm_path_for(dtype) == GemmPath::kBF16Native ? at::kBFloat16 : at::kFloat;
+at::ScalarType operand_dtype(at::ScalarType dtype, int64_t score_rows) {
+  return gemm_path_for(dtype, score_rows) == GemmPath::kFloat32 ? at::kFloat : at::kBFloat16;
 }
 
 std::string gemm_report() {
@@ -159,16 +182,27 @@ std::string gemm_report() {
   out << "cpu: " << (f.intel ? "Intel" : (f.amd ? "AMD" : "other")) << "; features: avx2=" << f.avx2
       << " avx512f=" << f.avx512f << " avx512_bf16=" << f.avx512_bf16 << " amx_bf16=" << f.amx_bf16
       << "; mkl bf16 gemm: " << (cblas_gemm_bf16bf16f32 ? "yes" : "no")
+      << "; avx512_bf16 kernel: " << (bf16_dot_possible() ? "yes" : "no")
       << "; oneDNN brgemm bf16: " << (brgemm_available() ? "yes" : "no")
       << "; oneDNN f32 matmul: " << (onednn_f32_possible() ? "yes" : "no") << "; float32: " << f32_lib
       << "; float16: widened to float32, " << f32_lib << "; bfloat16: ";
-  if (gemm_path_for(at::kBFloat16) == GemmPath::kBF16Native) {
-    out << (brgemm_available() ? "native bf16 x bf16 -> f32 (scores: oneDNN brgemm; other products: MKL)"
-                               : "native bf16 x bf16 -> f32 (MKL)");
-  } else {
-    out << "widened to float32, " << f32_lib
-        << (bf16_native_possible() && bf16_choice() == Bf16Choice::kAuto ? " (faster than MKL's bf16 GEMM without AMX)"
-                                                                        : "");
+  switch (gemm_path_for(at::kBFloat16)) {
+    case GemmPath::kBF16Native:
+      out << (brgemm_available() ? "native bf16 x bf16 -> f32 (scores: oneDNN brgemm; other products: MKL)"
+                                 : "native bf16 x bf16 -> f32 (MKL)");
+      break;
+    case GemmPath::kBF16Dot:
+      out << "native bf16 x bf16 -> f32 (scores: dcd_ext AVX512_BF16 kernel; gradient products: widened to "
+             "float32, "
+          << f32_lib << ")";
+      break;
+    case GemmPath::kFloat32:
+      out << "widened to float32, " << f32_lib;
+      if (gemm_path_for(at::kBFloat16, kIntelDotMaxRows) == GemmPath::kBF16Dot)
+        out << "; similarity_topk with at most " << kIntelDotMaxRows
+            << " query rows: dcd_ext AVX512_BF16 kernel (cheaper than widening the keys; more rows: widened, "
+               "faster than AVX512_BF16 products on Intel without AMX)";
+      break;
   }
   const std::string gemm = env_value("DCD_CPU_GEMM"), f32 = env_value("DCD_CPU_F32_GEMM");
   if (!gemm.empty()) out << " (DCD_CPU_GEMM=" << gemm << ")";
@@ -197,12 +231,16 @@ void gemm_tn(const at::Tensor& a, const at::Tensor& b, float* c, int64_t ldc, fl
   f32_addmm(out, as_float(a).t(), as_float(b), beta, alpha);
 }
 
-ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype) {
+ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype, int64_t score_rows) {
+  // a bad value of either switch is refused whichever path this call takes
+  bf16_choice();
+  use_onednn_f32();
   ScoreKeys out;
   out.rows = keys.to(op_dtype).contiguous();
+  out.dot = op_dtype == at::kBFloat16 && gemm_path_for(at::kBFloat16, score_rows) == GemmPath::kBF16Dot;
   const int64_t m = keys.size(0), k = keys.size(1);
   // the packed layout interleaves pairs along k, so k must be even
-  out.brgemm = op_dtype == at::kBFloat16 && brgemm_available() && k % 2 == 0 && k > 0;
+  out.brgemm = !out.dot && op_dtype == at::kBFloat16 && brgemm_available() && k % 2 == 0 && k > 0;
   if (!out.brgemm) return out;
   const auto kt = out.rows.t().contiguous();  // [k, m]
   const int64_t chunks = (m + kScoreChunk - 1) / kScoreChunk;
@@ -220,6 +258,12 @@ ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype) {
 }
 
 void score_tile(const at::Tensor& a, const ScoreKeys& keys, int64_t c0, int64_t cols, float* c, int64_t ldc) {
+  if (keys.dot) {
+    const int64_t k = a.size(1);
+    const auto* pa = reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>());
+    const auto* pb = reinterpret_cast<const uint16_t*>(keys.rows.data_ptr<at::BFloat16>()) + c0 * k;
+    return bf16_dot_tile(pa, k, pb, k, a.size(0), cols, k, c, ldc);
+  }
   if (!keys.brgemm) return gemm_nt(a, keys.rows.narrow(0, c0, cols), c, ldc, 1.0f, 0.0f);
   const int64_t rows = a.size(0), k = a.size(1), m = keys.rows.size(0);
   const auto* pa = a.data_ptr<at::BFloat16>();

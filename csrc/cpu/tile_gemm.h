@@ -3,11 +3,15 @@
 // and what torch offers (gemm_report says which):
 // - float32 (and float16, widened once): torch's GEMM (MKL) on Intel CPUs, oneDNN's matmul elsewhere
 //   (AMD), where MKL does not take its fast kernels; DCD_CPU_F32_GEMM=blas|onednn forces one.
-// - bfloat16: multiplied natively where the CPU has AMX (score tiles through torch's oneDNN brgemm
-//   micro-kernel on keys packed once per call, the other products through MKL's bf16 x bf16 -> f32 GEMM),
-//   so products are exact and only the accumulation order differs from float32; on CPUs with AVX512_BF16
-//   but no AMX, widened to float32 like float16, because there the float32 GEMM is faster than MKL's bf16
-//   one. DCD_CPU_GEMM=float32 always widens, DCD_CPU_GEMM=native-bf16 multiplies natively wherever it can.
+// - bfloat16, multiplied natively where that is faster, so products are exact and only the accumulation
+//   order differs from float32: with AMX, score tiles through torch's oneDNN brgemm micro-kernel on keys
+//   packed once per call and the other products through MKL's bf16 x bf16 -> f32 GEMM; with AVX512_BF16
+//   but no AMX on CPUs other than Intel's (AMD Zen 4), score tiles through our own kernel
+//   (bf16_dot_tile.h) and the gradient products widened. Intel without AMX (where vdpbf16ps does half the
+//   multiply-adds per cycle of float32 FMAs) takes that kernel only for similarity_topk with few query
+//   rows (cheaper than widening the keys); otherwise bfloat16 is widened to float32 like float16.
+//   DCD_CPU_GEMM=float32 always widens, native-bf16 multiplies natively wherever the CPU can, bf16-dot
+//   takes the AVX512_BF16 kernel.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,7 +21,9 @@
 namespace dcd {
 namespace cpu {
 
-enum class GemmPath { kFloat32, kBF16Native };
+// kBF16Native: every product in bf16 (AMX); kBF16Dot: score tiles in bf16 (bf16_dot_tile.h), the gradient
+// products widened to float32; kFloat32: every product in float32.
+enum class GemmPath { kFloat32, kBF16Native, kBF16Dot };
 
 // Keys of the score products of one op call, prepared once: rows in the operand dtype and, where the
 // brgemm micro-kernel runs, their transpose packed for it in chunks of kScoreChunk columns (O(M * D)).
@@ -25,18 +31,23 @@ struct ScoreKeys {
   at::Tensor rows;    // [m, k], operand dtype
   at::Tensor packed;  // brgemm only
   bool brgemm = false;
+  bool dot = false;  // through bf16_dot_tile
 };
 constexpr int64_t kScoreChunk = 64;
 
-ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype);
+// score_rows: see gemm_path_for.
+ScoreKeys prepare_score_keys(const at::Tensor& keys, at::ScalarType op_dtype, int64_t score_rows = -1);
 // c[rows x cols] (ldc) = a @ keys.rows[c0 : c0 + cols]^T, a [rows, k] contiguous in the operand dtype;
 // c0 a multiple of kScoreChunk.
 void score_tile(const at::Tensor& a, const ScoreKeys& keys, int64_t c0, int64_t cols, float* c, int64_t ldc);
 
-// The path for operands of this dtype (float64 never reaches here: it has its own kernels).
-GemmPath gemm_path_for(at::ScalarType dtype);
-// The dtype operands are kept in for gemm_path_for(dtype): bfloat16 on the native path, float32 otherwise.
-at::ScalarType operand_dtype(at::ScalarType dtype);
+// The path for operands of this dtype (float64 never reaches here: it has its own kernels). score_rows:
+// for products that are only scored (similarity_topk), the number of query rows, which the choice may
+// depend on; -1 for the losses, whose gradient products follow the same path.
+GemmPath gemm_path_for(at::ScalarType dtype, int64_t score_rows = -1);
+// The dtype operands are kept in for gemm_path_for(dtype, score_rows): bfloat16 on the native paths,
+// float32 otherwise.
+at::ScalarType operand_dtype(at::ScalarType dtype, int64_t score_rows = -1);
 // One line per input dtype naming the chosen path, and the CPU features it was chosen from.
 std::string gemm_report();
 
