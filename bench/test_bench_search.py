@@ -11,15 +11,16 @@ from bench_utils import onednn_product, peak_extra_mib, run, unit_rows
 from capabilities import require
 from dcd_ext import ops
 
-# (queries, gallery, dim, k)
-FULL = [(16, 1_000_000, 256, 16), (1, 1_000_000, 64, 16), (16, 1_000_000, 256, 1000)]
-SMOKE = [(16, 20_000, 256, 16), (1, 20_000, 64, 16)]
+# (queries, gallery, dim, k, dtype): a bfloat16 gallery is half the bytes (faiss has no bfloat16 flat index)
+FULL = [(16, 1_000_000, 256, 16, "float32"), (1, 1_000_000, 64, 16, "float32"), (16, 1_000_000, 256, 1000, "float32"),
+        (16, 1_000_000, 256, 16, "bfloat16"), (1, 1_000_000, 64, 16, "bfloat16")]
+SMOKE = [(16, 20_000, 256, 16, "float32"), (1, 20_000, 64, 16, "float32"), (16, 20_000, 256, 16, "bfloat16")]
 IMPLS = ["dcd_ext", "onednn_gemm", "faiss", "matmul_topk"]
 
 
-def setup_call(impl: str, n: int, m: int, d: int, k: int):
-    q = unit_rows(n, d, 0)
-    gallery = unit_rows(m, d, 1)
+def setup_call(impl: str, n: int, m: int, d: int, k: int, dtype: str = "float32"):
+    q = unit_rows(n, d, 0, getattr(torch, dtype))
+    gallery = unit_rows(m, d, 1, getattr(torch, dtype))
     if impl == "dcd_ext":
         return lambda: ops.similarity_topk(q, gallery, k)
     if impl == "onednn_gemm":
@@ -42,16 +43,19 @@ def test_search(benchmark, full_sizes, impl, case):
     sizes = FULL if full_sizes else SMOKE
     if case >= len(sizes):
         pytest.skip("smoke run uses fewer sizes")
-    n, m, d, k = sizes[case]
+    n, m, d, k, dtype = sizes[case]
     if impl == "onednn_gemm":
-        require("onednn_float32")
+        require(f"onednn_{dtype}")
     if impl == "faiss":
+        if dtype != "float32":
+            pytest.skip("faiss' IndexFlatIP holds float32 vectors only")
         require("faiss")
-    benchmark.group = f"search {n} x {m} D={d} k={k} float32"
-    result = run(benchmark, setup_call(impl, n, m, d, k))
+    benchmark.group = f"search {n} x {m} D={d} k={k} {dtype}"
+    result = run(benchmark, setup_call(impl, n, m, d, k, dtype))
     if impl == "dcd_ext":
-        expected = torch.topk(unit_rows(n, d, 0) @ unit_rows(m, d, 1).T, k, dim=1).values
+        dt = getattr(torch, dtype)
+        expected = torch.topk(unit_rows(n, d, 0, dt).float() @ unit_rows(m, d, 1, dt).float().T, k, dim=1).values
         torch.testing.assert_close(result[0], expected, rtol=1e-5, atol=1e-5)
     if full_sizes:
         benchmark.extra_info["peak_extra_mib"] = peak_extra_mib(
-            "test_bench_search", "setup_call", [impl, n, m, d, k], [impl, n, 4096, d, min(k, 4096)])
+            "test_bench_search", "setup_call", [impl, n, m, d, k, dtype], [impl, n, 4096, d, min(k, 4096), dtype])

@@ -1,7 +1,8 @@
 // Score tiles in bfloat16 on CPUs with AVX512_BF16 (AMD Zen 4, Intel without AMX):
 //   c[rows x cols] (ldc) = a[rows x k] (lda) @ b[cols x k]^T (ldb),
 // a and b bfloat16 row-major (their raw bits), c float32. vdpbf16ps multiplies pairs of bf16 exactly and
-// adds them in float32, so the scores equal the float32 product of the rounded inputs up to summation order.
+// adds them in float32, so the scores equal the float32 product of the rounded inputs up to summation order
+// (the instruction counts subnormal inputs as zero; embeddings never hold values below 1e-38 that matter).
 //
 // Two rows or more: the keys are packed per block of 48 (pairs of k interleaved across keys, transposed in
 // registers, O(48 k) scratch per thread), and a micro-tile of 8 rows x 48 keys broadcasts one pair of each
