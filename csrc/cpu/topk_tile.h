@@ -15,39 +15,55 @@ namespace cpu {
 
 // Returns whether the tile holds a non-finite score (checked on every score, kept or not, in the same
 // vector pass that rejects the groups no score of which enters a list).
+// Once a list is warm, one scan rejects a whole block of scores; a block with a score above the threshold is
+// scanned again by groups, and only a group with one is walked score by score.
+constexpr index_t kBlock = 256, kGroup = 16;
+
+// Whether any of s[0..n) exceeds threshold (NaN never does); adds to `poison` a sum that is NaN exactly when
+// one of them is NaN or infinite (v * 0 is NaN for those, +-0 otherwise). Integer and float sum reductions,
+// which compilers vectorise; a boolean OR reduction they vectorise poorly (about 1-2 ns per score).
+template <typename acc_t>
+inline bool scan_scores(const acc_t* s, index_t n, float threshold, float& poison) {
+  int above = 0;
+  float z = 0.0f;
+#pragma omp simd reduction(+ : above, z)
+  for (index_t j = 0; j < n; ++j) {
+    const float v = static_cast<float>(s[j]);
+    above += v > threshold ? 1 : 0;
+    z += v * 0.0f;
+  }
+  poison += z;
+  return above > 0;
+}
+
 template <typename acc_t>
 bool topk_tile_update(const acc_t* scores, index_t r0, index_t rows, index_t c0, index_t cols, index_t ld,
                       const index_t* query_ids, const index_t* key_ids, int k, float* values, index_t* indices) {
   if (k <= 0) return false;
-  constexpr index_t kGroup = 16;  // one vector compare rejects a whole group once the list is warm
-  bool non_finite = false;
+  float poison = 0.0f, unused = 0.0f;
   for (index_t r = 0; r < rows; ++r) {
     const acc_t* sr = scores + r * ld;
     float* vals = values + (r0 + r) * k;
     index_t* idx = indices + (r0 + r) * k;
     float threshold = vals[k - 1];
     const index_t qid = query_ids ? query_ids[r0 + r] : 0;
-    for (index_t j0 = 0; j0 < cols; j0 += kGroup) {
-      const index_t j1 = j0 + kGroup < cols ? j0 + kGroup : cols;
-      bool any = false, bad = false;
-#pragma omp simd reduction(|| : any, bad)
-      for (index_t j = j0; j < j1; ++j) {
-        const float v = static_cast<float>(sr[j]);
-        any = any || v > threshold;
-        bad = bad || !(v - v == 0.0f);  // inf - inf and NaN - NaN are NaN
-      }
-      non_finite = non_finite || bad;
-      if (!any) continue;
-      for (index_t j = j0; j < j1; ++j) {
-        const float v = static_cast<float>(sr[j]);
-        if (!(v > threshold)) continue;
-        if (key_ids && key_ids[c0 + j] == qid) continue;
-        topk_insert(vals, idx, k, v, c0 + j);
-        threshold = vals[k - 1];
+    for (index_t b0 = 0; b0 < cols; b0 += kBlock) {
+      const index_t b1 = b0 + kBlock < cols ? b0 + kBlock : cols;
+      if (!scan_scores(sr + b0, b1 - b0, threshold, poison)) continue;
+      for (index_t j0 = b0; j0 < b1; j0 += kGroup) {
+        const index_t j1 = j0 + kGroup < b1 ? j0 + kGroup : b1;
+        if (!scan_scores(sr + j0, j1 - j0, threshold, unused)) continue;
+        for (index_t j = j0; j < j1; ++j) {
+          const float v = static_cast<float>(sr[j]);
+          if (!(v > threshold)) continue;
+          if (key_ids && key_ids[c0 + j] == qid) continue;
+          topk_insert(vals, idx, k, v, c0 + j);
+          threshold = vals[k - 1];
+        }
       }
     }
   }
-  return non_finite;
+  return !(poison == 0.0f);
 }
 
 }  // namespace cpu
@@ -77,21 +93,24 @@ class TopkCollector {
       auto& vals = vals_[r];
       auto& idx = idx_[r];
       float threshold = threshold_[r];
-      bool bad = false;
-#pragma omp simd reduction(|| : bad)
-      for (index_t j = 0; j < cols; ++j) {
-        const float v = static_cast<float>(sr[j]);
-        bad = bad || !(v - v == 0.0f);
+      float poison = 0.0f, unused = 0.0f;
+      for (index_t b0 = 0; b0 < cols; b0 += kBlock) {  // blocks and groups as in topk_tile_update
+        const index_t b1 = b0 + kBlock < cols ? b0 + kBlock : cols;
+        if (!scan_scores(sr + b0, b1 - b0, threshold, poison)) continue;
+        for (index_t j0 = b0; j0 < b1; j0 += kGroup) {
+          const index_t j1 = j0 + kGroup < b1 ? j0 + kGroup : b1;
+          if (!scan_scores(sr + j0, j1 - j0, threshold, unused)) continue;
+          for (index_t j = j0; j < j1; ++j) {
+            const float v = static_cast<float>(sr[j]);
+            if (!(v > threshold)) continue;
+            if (key_ids && key_ids[c0 + j] == qid) continue;
+            vals.push_back(v);
+            idx.push_back(c0 + j);
+            if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
+          }
+        }
       }
-      non_finite = non_finite || bad;
-      for (index_t j = 0; j < cols; ++j) {
-        const float v = static_cast<float>(sr[j]);
-        if (!(v > threshold)) continue;
-        if (key_ids && key_ids[c0 + j] == qid) continue;
-        vals.push_back(v);
-        idx.push_back(c0 + j);
-        if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
-      }
+      non_finite = non_finite || !(poison == 0.0f);
       threshold_[r] = threshold;
     }
     return non_finite;
