@@ -164,10 +164,12 @@ def test_contrastive_loss_bf16_matches_the_float64_reference_on_rounded_inputs(g
 
 # shapes that reach every branch of the AVX512_BF16 score kernel: one row (unpacked), row counts that leave
 # 1-7 rows in the last micro-tile, key counts that leave a short block of 48, k odd, under 32 and not a
-# multiple of 32, k = 0
-@pytest.mark.parametrize("n,m,d", [(1, 3001, 100), (2, 50, 1), (9, 47, 33), (23, 97, 64), (17, 49, 0), (3, 5, 31)])
-def test_similarity_topk_bf16_kernel_shapes_match_float64(gemm_path, n, m, d):
-    q, keys = unit(n, d, 6).bfloat16(), unit(m, d, 7).bfloat16()
+# multiple of 32, k = 0; in float32 the one-row shapes take the AVX-512 row kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,m,d", [(1, 3001, 100), (1, 20, 0), (1, 7, 17), (2, 50, 1), (9, 47, 33), (23, 97, 64),
+                                   (17, 49, 0), (3, 5, 31)])
+def test_similarity_topk_kernel_shapes_match_float64(gemm_path, dtype, n, m, d):
+    q, keys = unit(n, d, 6).to(dtype), unit(m, d, 7).to(dtype)
     k = min(5, m)
     values, _ = ops.similarity_topk(q, keys, k)
     want, _ = reference.similarity_topk(q.double(), keys.double(), k)
@@ -179,13 +181,14 @@ def test_similarity_topk_bf16_kernel_shapes_match_float64(gemm_path, n, m, d):
 
 @pytest.mark.parametrize("which,row,col", [("query", 0, 0), ("query", -1, -1), ("keys", 0, 0), ("keys", -1, -1),
                                            ("keys", 1234, 17)])
-def test_bf16_non_finite_input_is_caught_wherever_it_sits(gemm_path, which, row, col):
-    q, keys = unit(19, 33, 8).bfloat16(), unit(3000, 33, 9).bfloat16()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_non_finite_input_is_caught_wherever_it_sits(gemm_path, dtype, which, row, col):
+    q, keys = unit(19, 33, 8).to(dtype), unit(3000, 33, 9).to(dtype)
     (q if which == "query" else keys)[row, col] = float("nan")
     with pytest.raises(ValueError, match=f"{which} holds 1 NaN or infinite values"):
         ops.similarity_topk(q, keys, 4)
     with pytest.raises(ValueError, match=f"{which} holds 1 NaN or infinite values"):
-        ops.similarity_topk(q[:1] if which == "keys" else q[row:][:1], keys, 4)  # the one-row kernel
+        ops.similarity_topk(q[:1] if which == "keys" else q[row:][:1], keys, 4)  # the one-row kernels
 
 
 def test_intel_without_amx_scores_few_query_rows_with_the_bf16_kernel(monkeypatch):

@@ -2,7 +2,7 @@
 
 #include <ATen/native/CPUBlas.h>
 
-#include "cpu/bf16_dot_tile.h"
+#include "cpu/avx512_score_kernels.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -77,6 +77,11 @@ Bf16Choice bf16_choice() {
 
 // AMX: score tiles through oneDNN's brgemm, the other products through MKL's bf16 GEMM.
 bool amx_native_possible() { return cblas_gemm_bf16bf16f32 != nullptr && cpu_features().amx_bf16; }
+
+bool f32_row_possible() {
+  static const bool ok = f32_row_supported();
+  return ok;
+}
 
 bool bf16_dot_possible() {
   static const bool ok = bf16_dot_supported();
@@ -264,6 +269,9 @@ void score_tile(const at::Tensor& a, const ScoreKeys& keys, int64_t c0, int64_t 
     const auto* pb = reinterpret_cast<const uint16_t*>(keys.rows.data_ptr<at::BFloat16>()) + c0 * k;
     return bf16_dot_tile(pa, k, pb, k, a.size(0), cols, k, c, ldc);
   }
+  if (a.size(0) == 1 && a.scalar_type() == at::kFloat && keys.rows.scalar_type() == at::kFloat && f32_row_possible())
+    return f32_row_scores(a.data_ptr<float>(), keys.rows.data_ptr<float>() + c0 * a.size(1), a.size(1), cols,
+                          a.size(1), c);
   if (!keys.brgemm) return gemm_nt(a, keys.rows.narrow(0, c0, cols), c, ldc, 1.0f, 0.0f);
   const int64_t rows = a.size(0), k = a.size(1), m = keys.rows.size(0);
   const auto* pa = a.data_ptr<at::BFloat16>();

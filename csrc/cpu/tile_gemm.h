@@ -7,7 +7,7 @@
 //   order differs from float32: with AMX, score tiles through torch's oneDNN brgemm micro-kernel on keys
 //   packed once per call and the other products through MKL's bf16 x bf16 -> f32 GEMM; with AVX512_BF16
 //   but no AMX on CPUs other than Intel's (AMD Zen 4), score tiles through our own kernel
-//   (bf16_dot_tile.h) and the gradient products widened. Intel without AMX (where vdpbf16ps does half the
+//   (avx512_score_kernels.h) and the gradient products widened. Intel without AMX (where vdpbf16ps does half the
 //   multiply-adds per cycle of float32 FMAs) takes that kernel only for similarity_topk with few query
 //   rows (cheaper than widening the keys); otherwise bfloat16 is widened to float32 like float16.
 //   DCD_CPU_GEMM=float32 always widens, native-bf16 multiplies natively wherever the CPU can, bf16-dot
@@ -21,7 +21,7 @@
 namespace dcd {
 namespace cpu {
 
-// kBF16Native: every product in bf16 (AMX); kBF16Dot: score tiles in bf16 (bf16_dot_tile.h), the gradient
+// kBF16Native: every product in bf16 (AMX); kBF16Dot: score tiles in bf16 (avx512_score_kernels.h), the gradient
 // products widened to float32; kFloat32: every product in float32.
 enum class GemmPath { kFloat32, kBF16Native, kBF16Dot };
 
@@ -31,7 +31,7 @@ struct ScoreKeys {
   at::Tensor rows;    // [m, k], operand dtype
   at::Tensor packed;  // brgemm only
   bool brgemm = false;
-  bool dot = false;  // through bf16_dot_tile
+  bool dot = false;  // through bf16_dot_tile (avx512_score_kernels.h)
 };
 constexpr int64_t kScoreChunk = 64;
 

@@ -1,6 +1,7 @@
-// bf16_dot_tile against a scalar float64 reference of the same bfloat16 values: every micro-tile shape and
-// tail (rows, keys, k not a multiple of 32, strides wider than k), values past k never read, and a NaN or
-// infinity in an input reaching exactly the scores of its row or key.
+// avx512_score_kernels.h against scalar float64 references. bf16_dot_tile on the same bfloat16 values: every
+// micro-tile shape and tail (rows, keys, k not a multiple of 32, strides wider than k), values past k never
+// read, and a NaN or infinity in an input reaching exactly the scores of its row or key. f32_row_scores:
+// key blocks of 1-16 and k around its 16-wide steps.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -10,7 +11,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu/bf16_dot_tile.h"
+#include "cpu/avx512_score_kernels.h"
 
 namespace {
 
@@ -95,18 +96,44 @@ void check_non_finite_reaches_its_row_and_key(std::mt19937& gen) {
   }
 }
 
+// f32_row_scores against a float64 reference: key blocks of 1-16, k around the 16-wide steps, values past k
+// (NaN) never read.
+void check_f32_row(std::mt19937& gen) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t k : {0, 1, 15, 16, 17, 64, 100})
+    for (int64_t cols : {1, 5, 16, 17, 33, 100}) {
+      const int64_t ldb = k + 3;
+      std::vector<float> a(k + 1, std::numeric_limits<float>::quiet_NaN()), b(cols * ldb, a[0]);
+      for (int64_t t = 0; t < k; ++t) a[t] = normal(gen);
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t t = 0; t < k; ++t) b[j * ldb + t] = normal(gen);
+      std::vector<float> c(cols + 2, -12345.0f);
+      dcd::cpu::f32_row_scores(a.data(), b.data(), ldb, cols, k, c.data());
+      for (int64_t j = 0; j < cols; ++j) {
+        double want = 0.0, magnitude = 0.0;
+        for (int64_t t = 0; t < k; ++t) {
+          want += double(a[t]) * double(b[j * ldb + t]);
+          magnitude += std::fabs(double(a[t]) * double(b[j * ldb + t]));
+        }
+        CHECK_NEAR(c[j], want, (double(k) + 1.0) * std::ldexp(1.0, -23) * magnitude / (1.0 + std::fabs(want)) + 1e-30);
+      }
+      CHECK(c[cols] == -12345.0f && c[cols + 1] == -12345.0f);
+    }
+}
+
 }  // namespace
 
 int main() {
-  if (!dcd::cpu::bf16_dot_supported()) {
-    std::printf("test_bf16_dot_tile: skipped (this CPU has no AVX512_BF16)\n");
-    return 0;
-  }
   std::mt19937 gen(7);
+  if (dcd::cpu::f32_row_supported()) check_f32_row(gen);
+  if (!dcd::cpu::bf16_dot_supported()) {
+    std::printf("test_avx512_score_kernels: bf16 kernel skipped (this CPU has no AVX512_BF16)\n");
+    return dcd_test::report("test_avx512_score_kernels");
+  }
   for (int64_t k : {0, 1, 2, 31, 32, 33, 64, 65, 100, 256})
     for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 9, 16})
       for (int64_t cols : {1, 3, 4, 5, 15, 16, 17, 33}) check_against_reference(make(rows, cols, k, k % 3, gen));
   check_against_reference(make(37, 300, 384, 0, gen));
   check_non_finite_reaches_its_row_and_key(gen);
-  return dcd_test::report("test_bf16_dot_tile");
+  return dcd_test::report("test_avx512_score_kernels");
 }

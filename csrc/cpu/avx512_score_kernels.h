@@ -1,19 +1,22 @@
-// Score tiles in bfloat16 on CPUs with AVX512_BF16 (AMD Zen 4, Intel without AMX):
-//   c[rows x cols] (ldc) = a[rows x k] (lda) @ b[cols x k]^T (ldb),
-// a and b bfloat16 row-major (their raw bits), c float32. vdpbf16ps multiplies pairs of bf16 exactly and
-// adds them in float32, so the scores equal the float32 product of the rounded inputs up to summation order
-// (the instruction counts subnormal inputs as zero; embeddings never hold values below 1e-38 that matter).
+// Score tiles through AVX-512 kernels of our own, where a library GEMM does not fit:
+// - bf16_dot_tile, bfloat16 on CPUs with AVX512_BF16 (AMD Zen 4, Intel without AMX):
+//     c[rows x cols] (ldc) = a[rows x k] (lda) @ b[cols x k]^T (ldb),
+//   a and b bfloat16 row-major (their raw bits), c float32. vdpbf16ps multiplies pairs of bf16 exactly and
+//   adds them in float32, so the scores equal the float32 product of the rounded inputs up to summation
+//   order (the instruction counts subnormal inputs as zero; embeddings never hold values below 1e-38 that
+//   matter). Two rows or more: the keys are packed per block of 48 (pairs of k interleaved across keys,
+//   transposed in registers, O(48 k) scratch per thread), and a micro-tile of 8 rows x 48 keys broadcasts
+//   one pair of each row against three key vectors: 24 accumulators, 11 loads per 24 dot products, no
+//   reduction at the end. One row (a single query against a gallery): nothing is packed; 16 keys at a
+//   time, each with its own accumulator summing 32 positions of k per step, reduced together at the end
+//   (45 shuffles and adds per 16 scores).
+// - f32_row_scores, one float32 row against many keys the same way (16 positions of k per step): a single
+//   query against a gallery is a matrix-vector product that BLAS runs tile by tile; this reads the keys
+//   once at memory speed.
+// A short k is read with masked loads (zeros past k, which is never read beyond), and a short block of keys
+// is padded with zero keys (packed) or repeats its last key (one row), keeping only the valid scores.
 //
-// Two rows or more: the keys are packed per block of 48 (pairs of k interleaved across keys, transposed in
-// registers, O(48 k) scratch per thread), and a micro-tile of 8 rows x 48 keys broadcasts one pair of each
-// row against three key vectors: 24 accumulators, 11 loads per 24 dot products, no reduction at the end.
-// One row (a single query against a gallery): nothing is packed; 16 keys at a time, each with its own
-// accumulator summing 32 positions of k per step, reduced together at the end (45 shuffles and adds per 16
-// scores). A short k is read with masked loads (zeros past k, which is never read beyond), and a short
-// block of keys is padded with zero keys (packed) or repeats its last key (single row), keeping only the
-// valid scores.
-//
-// Torch-free, so the C++ tests check it against a scalar reference on any CPU that has the instructions.
+// Torch-free, so the C++ tests check them against a scalar reference on any CPU that has the instructions.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +26,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define DCD_BF16_DOT_X86 1
+#define DCD_AVX512F_TARGET __attribute__((target("avx512f")))
 #define DCD_BF16_DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #endif
 
@@ -37,7 +41,7 @@ namespace cpu {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// Whether this CPU (and its OS) runs the kernel below.
+// Whether this CPU (and its OS) runs bf16_dot_tile.
 inline bool bf16_dot_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -51,7 +55,7 @@ namespace bf16_dot_detail {
 constexpr int slot_of(int lane) { return 4 * (lane % 4) + lane / 4; }
 
 // Lane 4 * (s % 4) + s / 4 of the result = the sum of the 16 lanes of acc[s].
-DCD_BF16_DOT_TARGET inline __m512 sum16(const __m512* acc) {
+DCD_AVX512F_TARGET inline __m512 sum16(const __m512* acc) {
   __m512 s1[8], s2[4], s3[2];
   for (int t = 0; t < 8; ++t) {  // quarters 0, 1: acc[2t] folded to 8 lanes; quarters 2, 3: acc[2t + 1]
     const __m512 a = acc[2 * t], b = acc[2 * t + 1];
@@ -187,6 +191,31 @@ DCD_BF16_DOT_TARGET inline void packed_micro_tile(const uint16_t* a, int64_t lda
 
 }  // namespace bf16_dot_detail
 
+// c[j] = a . b[j] for j < cols (a [k], b [cols x k] with row stride ldb), float32.
+inline bool f32_row_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+DCD_AVX512F_TARGET inline void f32_row_scores(const float* a, const float* b, int64_t ldb, int64_t cols, int64_t k,
+                                              float* c) {
+  using bf16_dot_detail::slot_of;
+  for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+    const int nc = static_cast<int>(cols - j0 < 16 ? cols - j0 : 16);
+    const float* br[16];
+    for (int j = 0; j < 16; ++j) br[j] = b + (j0 + (j < nc ? j : nc - 1)) * ldb;
+    __m512 acc[16];
+    for (int s = 0; s < 16; ++s) acc[s] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p += 16) {
+      const __mmask16 m = k - p >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (k - p)) - 1);
+      const __m512 av = _mm512_maskz_loadu_ps(m, a + p);
+      for (int j = 0; j < 16; ++j) acc[slot_of(j)] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, br[j] + p), acc[slot_of(j)]);
+    }
+    _mm512_mask_storeu_ps(c + j0, static_cast<__mmask16>(nc == 16 ? 0xFFFF : (1u << nc) - 1),
+                          bf16_dot_detail::sum16(acc));
+  }
+}
+
 DCD_BF16_DOT_TARGET inline void bf16_dot_tile(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
                                               int64_t rows, int64_t cols, int64_t k, float* c, int64_t ldc) {
   using namespace bf16_dot_detail;
@@ -225,6 +254,8 @@ DCD_BF16_DOT_TARGET inline void bf16_dot_tile(const uint16_t* a, int64_t lda, co
 inline bool bf16_dot_supported() { return false; }
 inline void bf16_dot_tile(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, int64_t, int64_t, float*,
                           int64_t) {}
+inline bool f32_row_supported() { return false; }
+inline void f32_row_scores(const float*, const float*, int64_t, int64_t, int64_t, float*) {}
 
 #endif
 
