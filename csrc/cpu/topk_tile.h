@@ -13,8 +13,6 @@
 namespace dcd {
 namespace cpu {
 
-// Returns whether the tile holds a non-finite score (checked on every score, kept or not, in the same
-// vector pass that rejects the groups no score of which enters a list).
 // Once a list is warm, one scan rejects a whole block of scores; a block with a score above the threshold is
 // scanned again by groups, and only a group with one is walked score by score.
 constexpr index_t kBlock = 256, kGroup = 16;
@@ -36,32 +34,41 @@ inline bool scan_scores(const acc_t* s, index_t n, float threshold, float& poiso
   return above > 0;
 }
 
+// Calls take(j, v) for every score v = row[j] above `threshold`, in column order; take may raise threshold
+// (the same variable). Every score goes into `poison` (see scan_scores), kept or not.
+template <typename acc_t, typename Take>
+inline void scan_row(const acc_t* row, index_t cols, float& threshold, float& poison, Take take) {
+  float unused = 0.0f;
+  for (index_t b0 = 0; b0 < cols; b0 += kBlock) {
+    const index_t b1 = b0 + kBlock < cols ? b0 + kBlock : cols;
+    if (!scan_scores(row + b0, b1 - b0, threshold, poison)) continue;
+    for (index_t j0 = b0; j0 < b1; j0 += kGroup) {
+      const index_t j1 = j0 + kGroup < b1 ? j0 + kGroup : b1;
+      if (!scan_scores(row + j0, j1 - j0, threshold, unused)) continue;
+      for (index_t j = j0; j < j1; ++j) {
+        const float v = static_cast<float>(row[j]);
+        if (v > threshold) take(j, v);
+      }
+    }
+  }
+}
+
+// Merges a tile into the rows' sorted lists. Returns whether the tile holds a non-finite score.
 template <typename acc_t>
 bool topk_tile_update(const acc_t* scores, index_t r0, index_t rows, index_t c0, index_t cols, index_t ld,
                       const index_t* query_ids, const index_t* key_ids, int k, float* values, index_t* indices) {
   if (k <= 0) return false;
-  float poison = 0.0f, unused = 0.0f;
+  float poison = 0.0f;
   for (index_t r = 0; r < rows; ++r) {
-    const acc_t* sr = scores + r * ld;
     float* vals = values + (r0 + r) * k;
     index_t* idx = indices + (r0 + r) * k;
     float threshold = vals[k - 1];
     const index_t qid = query_ids ? query_ids[r0 + r] : 0;
-    for (index_t b0 = 0; b0 < cols; b0 += kBlock) {
-      const index_t b1 = b0 + kBlock < cols ? b0 + kBlock : cols;
-      if (!scan_scores(sr + b0, b1 - b0, threshold, poison)) continue;
-      for (index_t j0 = b0; j0 < b1; j0 += kGroup) {
-        const index_t j1 = j0 + kGroup < b1 ? j0 + kGroup : b1;
-        if (!scan_scores(sr + j0, j1 - j0, threshold, unused)) continue;
-        for (index_t j = j0; j < j1; ++j) {
-          const float v = static_cast<float>(sr[j]);
-          if (!(v > threshold)) continue;
-          if (key_ids && key_ids[c0 + j] == qid) continue;
-          topk_insert(vals, idx, k, v, c0 + j);
-          threshold = vals[k - 1];
-        }
-      }
-    }
+    scan_row(scores + r * ld, cols, threshold, poison, [&](index_t j, float v) {
+      if (key_ids && key_ids[c0 + j] == qid) return;
+      topk_insert(vals, idx, k, v, c0 + j);
+      threshold = vals[k - 1];
+    });
   }
   return !(poison == 0.0f);
 }
@@ -82,38 +89,26 @@ class TopkCollector {
  public:
   TopkCollector(index_t rows, int k) : k_(k), vals_(rows), idx_(rows), threshold_(rows, -inf()) {}
 
-  // One tile of scores (rows r0.. of the lists' rows; this collector's row r is list row r0 + r).
+  // One tile of scores (rows r0.. of the lists' rows; this collector's row r is list row r0 + r). Returns
+  // whether it holds a non-finite score.
   template <typename acc_t>
   bool update(const acc_t* scores, index_t rows, index_t c0, index_t cols, index_t ld, const index_t* query_ids,
               index_t r0, const index_t* key_ids) {
-    bool non_finite = false;
+    float poison = 0.0f;
     for (index_t r = 0; r < rows; ++r) {
-      const acc_t* sr = scores + r * ld;
       const index_t qid = query_ids ? query_ids[r0 + r] : 0;
       auto& vals = vals_[r];
       auto& idx = idx_[r];
       float threshold = threshold_[r];
-      float poison = 0.0f, unused = 0.0f;
-      for (index_t b0 = 0; b0 < cols; b0 += kBlock) {  // blocks and groups as in topk_tile_update
-        const index_t b1 = b0 + kBlock < cols ? b0 + kBlock : cols;
-        if (!scan_scores(sr + b0, b1 - b0, threshold, poison)) continue;
-        for (index_t j0 = b0; j0 < b1; j0 += kGroup) {
-          const index_t j1 = j0 + kGroup < b1 ? j0 + kGroup : b1;
-          if (!scan_scores(sr + j0, j1 - j0, threshold, unused)) continue;
-          for (index_t j = j0; j < j1; ++j) {
-            const float v = static_cast<float>(sr[j]);
-            if (!(v > threshold)) continue;
-            if (key_ids && key_ids[c0 + j] == qid) continue;
-            vals.push_back(v);
-            idx.push_back(c0 + j);
-            if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
-          }
-        }
-      }
-      non_finite = non_finite || !(poison == 0.0f);
+      scan_row(scores + r * ld, cols, threshold, poison, [&](index_t j, float v) {
+        if (key_ids && key_ids[c0 + j] == qid) return;
+        vals.push_back(v);
+        idx.push_back(c0 + j);
+        if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
+      });
       threshold_[r] = threshold;
     }
-    return non_finite;
+    return !(poison == 0.0f);
   }
 
   // Writes row r's sorted list (padded with (-inf, -1)) to vals_out / idx_out (k entries each).
