@@ -87,7 +87,7 @@ namespace cpu {
 // the same as inserting one by one.
 class TopkCollector {
  public:
-  TopkCollector(index_t rows, int k) : k_(k), vals_(rows), idx_(rows), threshold_(rows, -inf()) {}
+  TopkCollector(index_t rows, int k) : k_(k), entries_(rows), threshold_(rows, -inf()) {}
 
   // One tile of scores (rows r0.. of the lists' rows; this collector's row r is list row r0 + r). Returns
   // whether it holds a non-finite score.
@@ -97,14 +97,12 @@ class TopkCollector {
     float poison = 0.0f;
     for (index_t r = 0; r < rows; ++r) {
       const index_t qid = query_ids ? query_ids[r0 + r] : 0;
-      auto& vals = vals_[r];
-      auto& idx = idx_[r];
+      auto& entries = entries_[r];
       float threshold = threshold_[r];
       scan_row(scores + r * ld, cols, threshold, poison, [&](index_t j, float v) {
         if (key_ids && key_ids[c0 + j] == qid) return;
-        vals.push_back(v);
-        idx.push_back(c0 + j);
-        if (static_cast<index_t>(vals.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
+        entries.push_back({v, c0 + j});
+        if (static_cast<index_t>(entries.size()) >= 2 * static_cast<index_t>(k_)) threshold = keep_best(r);
       });
       threshold_[r] = threshold;
     }
@@ -114,54 +112,35 @@ class TopkCollector {
   // Writes row r's sorted list (padded with (-inf, -1)) to vals_out / idx_out (k entries each).
   void write(index_t r, float* vals_out, index_t* idx_out) {
     keep_best(r);
-    auto order = sorted_order(r, vals_[r].size());
+    auto& entries = entries_[r];
+    std::sort(entries.begin(), entries.end(), before);
     for (int o = 0; o < k_; ++o) {
-      const bool real = o < static_cast<int>(order.size());
-      vals_out[o] = real ? vals_[r][order[o]] : -inf();
-      idx_out[o] = real ? idx_[r][order[o]] : -1;
+      const bool real = o < static_cast<int>(entries.size());
+      vals_out[o] = real ? entries[o].value : -inf();
+      idx_out[o] = real ? entries[o].index : -1;
     }
   }
 
  private:
+  struct Entry {
+    float value;
+    index_t index;
+  };
+  static bool before(const Entry& a, const Entry& b) { return topk_before(a.value, a.index, b.value, b.index); }
   static float inf() { return std::numeric_limits<float>::infinity(); }
 
-  // Positions of row r's entries ranked by (value desc, index asc); the first `count` are sorted.
-  std::vector<index_t> sorted_order(index_t r, size_t count) {
-    const auto& v = vals_[r];
-    const auto& i = idx_[r];
-    std::vector<index_t> order(v.size());
-    for (size_t p = 0; p < order.size(); ++p) order[p] = static_cast<index_t>(p);
-    auto before = [&](index_t a, index_t b) { return topk_before(v[a], i[a], v[b], i[b]); };
-    if (count < order.size()) std::nth_element(order.begin(), order.begin() + count, order.end(), before);
-    std::sort(order.begin(), order.begin() + std::min(count, order.size()), before);
-    return order;
-  }
-
-  // Keeps row r's k best entries (unsorted past the selection) and returns the new threshold: the k-th
-  // best value once k are kept, -inf before.
+  // Keeps row r's k best entries (in place, unsorted) and returns the new threshold: the k-th best value
+  // once k are kept, -inf before.
   float keep_best(index_t r) {
-    auto& v = vals_[r];
-    auto& i = idx_[r];
-    if (static_cast<int>(v.size()) < k_) return -inf();
-    std::vector<index_t> order(v.size());
-    for (size_t p = 0; p < order.size(); ++p) order[p] = static_cast<index_t>(p);
-    auto before = [&](index_t a, index_t b) { return topk_before(v[a], i[a], v[b], i[b]); };
-    std::nth_element(order.begin(), order.begin() + (k_ - 1), order.end(), before);
-    std::vector<float> kv(k_);
-    std::vector<index_t> ki(k_);
-    float kth = v[order[k_ - 1]];
-    for (int o = 0; o < k_; ++o) {
-      kv[o] = v[order[o]];
-      ki[o] = i[order[o]];
-    }
-    v.swap(kv);
-    i.swap(ki);
-    return kth;
+    auto& entries = entries_[r];
+    if (static_cast<int>(entries.size()) < k_) return -inf();
+    std::nth_element(entries.begin(), entries.begin() + (k_ - 1), entries.end(), before);
+    entries.resize(k_);
+    return entries[k_ - 1].value;
   }
 
   int k_;
-  std::vector<std::vector<float>> vals_;
-  std::vector<std::vector<index_t>> idx_;
+  std::vector<std::vector<Entry>> entries_;
   std::vector<float> threshold_;
 };
 
