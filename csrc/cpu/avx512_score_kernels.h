@@ -50,8 +50,8 @@ inline bool bf16_dot_supported() {
 
 namespace bf16_dot_detail {
 
-// The reduction below leaves the sum of acc[s] in lane 4 * (s % 4) + s / 4; the accumulator of score L
-// (row-major in the micro-tile) therefore sits in slot 4 * (L % 4) + L / 4, so that lane L holds score L.
+// The reduction below leaves the sum of acc[s] in lane 4 * (s % 4) + s / 4; the accumulator of key j of a
+// one-row block therefore sits in slot 4 * (j % 4) + j / 4, so that lane j holds key j's score.
 constexpr int slot_of(int lane) { return 4 * (lane % 4) + lane / 4; }
 
 // Lane 4 * (s % 4) + s / 4 of the result = the sum of the 16 lanes of acc[s].
@@ -70,42 +70,6 @@ DCD_AVX512F_TARGET inline __m512 sum16(const __m512* acc) {
     s3[t] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
   }
   return _mm512_add_ps(_mm512_shuffle_ps(s3[0], s3[1], 0x88), _mm512_shuffle_ps(s3[0], s3[1], 0xDD));
-}
-
-template <int R, int C>
-DCD_BF16_DOT_TARGET inline void dot_step(__m512* acc, const __m512i* av, const __m512i* bv) {
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < C; ++j) {
-      const int s = slot_of(i * C + j);
-      acc[s] = _mm512_dpbf16_ps(acc[s], (__m512bh)av[i], (__m512bh)bv[j]);
-    }
-}
-
-// R rows x C keys (R * C = 16) of scores; a[i], b[j] point at the rows and keys (repeated ones included),
-// c receives rows x cols of them. Used as 1 x 16.
-template <int R, int C>
-DCD_BF16_DOT_TARGET inline void micro_tile(const uint16_t* const* a, const uint16_t* const* b, int64_t k, float* c,
-                                           int64_t ldc, int rows, int cols) {
-  static_assert(R * C == 16, "a micro-tile holds 16 scores");
-  __m512 acc[16];
-  for (int s = 0; s < 16; ++s) acc[s] = _mm512_setzero_ps();
-  __m512i av[R], bv[C];
-  int64_t p = 0;
-  for (; p + 32 <= k; p += 32) {
-    for (int i = 0; i < R; ++i) av[i] = _mm512_loadu_si512(a[i] + p);
-    for (int j = 0; j < C; ++j) bv[j] = _mm512_loadu_si512(b[j] + p);
-    dot_step<R, C>(acc, av, bv);
-  }
-  if (p < k) {
-    const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (k - p)) - 1);
-    for (int i = 0; i < R; ++i) av[i] = _mm512_maskz_loadu_epi16(m, a[i] + p);
-    for (int j = 0; j < C; ++j) bv[j] = _mm512_maskz_loadu_epi16(m, b[j] + p);
-    dot_step<R, C>(acc, av, bv);
-  }
-  alignas(64) float out[16];
-  _mm512_store_ps(out, sum16(acc));
-  for (int i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) c[i * ldc + j] = out[i * C + j];
 }
 
 // Many rows: keys packed per block of kPackKeys as pairs of k interleaved across keys, so one vector holds
@@ -191,7 +155,29 @@ DCD_BF16_DOT_TARGET inline void packed_micro_tile(const uint16_t* a, int64_t lda
 
 }  // namespace bf16_dot_detail
 
-// c[j] = a . b[j] for j < cols (a [k], b [cols x k] with row stride ldb), float32.
+// One row against many keys: c[j] = a . b[j] for j < cols (a [k], b [cols x k] with row stride ldb), 16 keys
+// at a time read in place, each with its own accumulator, reduced together by sum16. bfloat16 (32 positions
+// of k per step) and float32 (16).
+DCD_BF16_DOT_TARGET inline void bf16_row_scores(const uint16_t* a, const uint16_t* b, int64_t ldb, int64_t cols,
+                                                int64_t k, float* c) {
+  using bf16_dot_detail::slot_of;
+  for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+    const int nc = static_cast<int>(cols - j0 < 16 ? cols - j0 : 16);
+    const uint16_t* br[16];
+    for (int j = 0; j < 16; ++j) br[j] = b + (j0 + (j < nc ? j : nc - 1)) * ldb;
+    __m512 acc[16];
+    for (int s = 0; s < 16; ++s) acc[s] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p += 32) {
+      const __mmask32 m = k - p >= 32 ? __mmask32(0xFFFFFFFFu) : static_cast<__mmask32>((uint64_t{1} << (k - p)) - 1);
+      const __m512i av = _mm512_maskz_loadu_epi16(m, a + p);
+      for (int j = 0; j < 16; ++j)
+        acc[slot_of(j)] = _mm512_dpbf16_ps(acc[slot_of(j)], (__m512bh)av, (__m512bh)_mm512_maskz_loadu_epi16(m, br[j] + p));
+    }
+    _mm512_mask_storeu_ps(c + j0, static_cast<__mmask16>(nc == 16 ? 0xFFFF : (1u << nc) - 1),
+                          bf16_dot_detail::sum16(acc));
+  }
+}
+
 inline bool f32_row_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
@@ -237,14 +223,7 @@ DCD_BF16_DOT_TARGET inline void bf16_dot_tile(const uint16_t* a, int64_t lda, co
     }
     return;
   }
-  // one row: 16 keys at a time, read straight from b
-  const uint16_t* ar[1] = {a};
-  for (int64_t j0 = 0; j0 < cols; j0 += 16) {
-    const int nc = static_cast<int>(cols - j0 < 16 ? cols - j0 : 16);
-    const uint16_t* br[16];
-    for (int j = 0; j < 16; ++j) br[j] = b + (j0 + (j < nc ? j : nc - 1)) * ldb;
-    micro_tile<1, 16>(ar, br, k, c + j0, ldc, 1, nc);
-  }
+  bf16_row_scores(a, b, ldb, cols, k, c);
 }
 
 #pragma GCC diagnostic pop
