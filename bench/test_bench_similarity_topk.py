@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench_utils import onednn_product, peak_extra_mib, run, unit_rows
+from bench_utils import peak_extra_mib, run, unit_rows
 from capabilities import require
-from dcd_ext import ops
+from test_bench_search import setup_call as search_call
 
 FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (8192, 16, "float32"), (16384, 16, "float32"),
         (16384, 128, "float32"),
@@ -19,21 +19,8 @@ IMPLS = ["dcd_ext", "onednn_gemm", "matmul_topk", "faiss"]
 
 
 def setup_call(impl: str, n: int, d: int, k: int, dtype: str):
-    q = unit_rows(n, d, 0, getattr(torch, dtype))
-    keys = unit_rows(n, d, 1, getattr(torch, dtype))
-    if impl == "dcd_ext":
-        return lambda: ops.similarity_topk(q, keys, k)
-    if impl == "onednn_gemm":
-        return lambda: onednn_product(q, keys)
-    if impl == "matmul_topk":
-        return lambda: torch.topk(q.float() @ keys.float().T, k, dim=1)
-    import faiss
-
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    index = faiss.IndexFlatIP(d)
-    index.add(keys.float().numpy())
-    qn = q.float().numpy()
-    return lambda: index.search(qn, k)
+    """N queries against N keys: the search benchmark's calls at the square shape."""
+    return search_call(impl, n, n, d, k, dtype)
 
 
 def cases(full: bool):
