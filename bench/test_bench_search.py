@@ -37,6 +37,16 @@ def setup_call(impl: str, n: int, m: int, d: int, k: int, dtype: str = "float32"
     return lambda: index.search(qn, k)
 
 
+def require_impl(impl: str, dtype: str) -> None:
+    """Skips (with the reason) a peer this machine or dtype cannot run."""
+    if impl == "onednn_gemm":
+        require(f"onednn_{dtype}")
+    if impl == "faiss":
+        if dtype != "float32":
+            pytest.skip("faiss' IndexFlatIP holds float32 vectors only")
+        require("faiss")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", range(len(FULL)))
 def test_search(benchmark, full_sizes, impl, case):
@@ -44,12 +54,7 @@ def test_search(benchmark, full_sizes, impl, case):
     if case >= len(sizes):
         pytest.skip("smoke run uses fewer sizes")
     n, m, d, k, dtype = sizes[case]
-    if impl == "onednn_gemm":
-        require(f"onednn_{dtype}")
-    if impl == "faiss":
-        if dtype != "float32":
-            pytest.skip("faiss' IndexFlatIP holds float32 vectors only")
-        require("faiss")
+    require_impl(impl, dtype)
     benchmark.group = f"search {n} x {m} D={d} k={k} {dtype}"
     result = run(benchmark, setup_call(impl, n, m, d, k, dtype))
     if impl == "dcd_ext":

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from bench_utils import peak_extra_mib, run, unit_rows
-from capabilities import require
-from test_bench_search import setup_call as search_call
+from test_bench_search import require_impl, setup_call as search_call
 
 FULL = [(4096, 16, "float32"), (4096, 128, "float32"), (8192, 16, "float32"), (16384, 16, "float32"),
         (16384, 128, "float32"),
@@ -34,12 +33,7 @@ def test_similarity_topk(benchmark, full_sizes, impl, case):
     if case >= len(sizes):
         pytest.skip("smoke run uses fewer sizes")
     n, k, dtype = sizes[case]
-    if impl == "onednn_gemm":
-        require(f"onednn_{dtype}")
-    if impl == "faiss":
-        if dtype != "float32":
-            pytest.skip("faiss IndexFlatIP searches float32 only")
-        require("faiss")
+    require_impl(impl, dtype)
     benchmark.group = f"similarity_topk N=M={n} D={DIM} k={k} {dtype}"
     fn = setup_call(impl, n, DIM, k, dtype)
     result = run(benchmark, fn)
